@@ -1,0 +1,103 @@
+//! The HTTP surface: one file per resource, each with its routes. Handlers parse
+//! and check input, call the store, and shape answers; they decide nothing about
+//! polling or delivery.
+
+pub mod error;
+mod health;
+mod jobs;
+mod status;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::Router;
+use subtle::ConstantTimeEq;
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::trace::TraceLayer;
+
+use crate::config::Settings;
+use crate::poller::budget::Budget;
+use crate::store::writer::Signals;
+use crate::store::DynStore;
+use error::ApiError;
+
+/// What every handler may use.
+pub struct AppState {
+    pub store: DynStore,
+    pub settings: Arc<Settings>,
+    pub signals: Arc<Signals>,
+    pub budget: Arc<Budget>,
+    pub started: Instant,
+    /// Cancelled at shutdown: long-polls return early.
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+pub type SharedState = Arc<AppState>;
+
+pub fn router(state: SharedState) -> Router {
+    let v1 = Router::new()
+        .merge(jobs::routes())
+        .merge(status::routes())
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .merge(v1)
+        .merge(health::routes())
+        .layer(DefaultBodyLimit::max(state.settings.api.max_body_bytes))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let route = req
+                .extensions()
+                .get::<MatchedPath>()
+                .map(|m| m.as_str())
+                .unwrap_or("unmatched");
+            let id = req
+                .extensions()
+                .get::<RequestId>()
+                .and_then(|id| id.header_value().to_str().ok())
+                .unwrap_or("");
+            tracing::info_span!("request", method = %req.method(), route, request_id = id)
+        }))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(Ulids))
+        .with_state(state)
+}
+
+#[derive(Clone, Copy)]
+struct Ulids;
+
+impl MakeRequestId for Ulids {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        HeaderValue::from_str(&ulid::Ulid::new().to_string())
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
+/// `api.token`, when set, guards every `/v1` route (compared in constant time).
+async fn require_token(
+    State(state): State<SharedState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if let Some(token) = &state.settings.api.token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !bool::from(given.as_bytes().ct_eq(token.expose().as_bytes())) {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this API wants `Authorization: Bearer <api.token>`",
+            ));
+        }
+    }
+    Ok(next.run(req).await)
+}

@@ -1,0 +1,156 @@
+//! Builds the daemon from `Settings` (store, upstream client, budget, poller,
+//! dispatcher, HTTP listener) and runs it until shutdown, then drains it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{self, AppState};
+use crate::config::Settings;
+use crate::poller::budget::{Budget, BudgetSettings};
+use crate::poller::Poller;
+use crate::store::writer::{self, Signals};
+use crate::store::{self as store_mod, now_ms, redact_url, DynStore};
+use crate::upstream::UpstreamClient;
+use crate::webhook::dispatcher::Dispatcher;
+
+pub struct Daemon {
+    settings: Arc<Settings>,
+    listener: TcpListener,
+    store: DynStore,
+    signals: Arc<Signals>,
+    budget: Arc<Budget>,
+}
+
+impl Daemon {
+    /// Open the store (creating and migrating it) and bind the listener.
+    pub async fn build(settings: Settings) -> anyhow::Result<Daemon> {
+        let store = store_mod::open(&settings.store.url)
+            .await
+            .with_context(|| format!("opening the store at {}", redact_url(&settings.store.url)))?;
+        let listener = TcpListener::bind(settings.api.listen)
+            .await
+            .with_context(|| format!("api.listen: cannot listen on {}", settings.api.listen))?;
+        let u = &settings.upstream;
+        let budget = Arc::new(Budget::new(BudgetSettings {
+            max_requests_per_second: u.max_requests_per_second,
+            burst: u.burst,
+            max_in_flight: u.max_in_flight,
+            min_retry_after: u.min_retry_after,
+            max_retry_after: u.max_retry_after,
+            auth_probe_interval: u.auth_probe_interval,
+            rate_recovery_step: u.rate_recovery_step,
+        }));
+        Ok(Daemon {
+            settings: Arc::new(settings),
+            listener,
+            store,
+            signals: Signals::new(),
+            budget,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serve until `shutdown` is cancelled; then stop taking requests, let in-flight
+    /// polls and deliveries finish within `api.shutdown_grace`, commit what is queued.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Daemon {
+            settings,
+            listener,
+            store,
+            signals,
+            budget,
+        } = self;
+        let (writer, writer_done) = writer::spawn(store.clone(), signals.clone());
+        let client = Arc::new(
+            UpstreamClient::new(&settings.upstream).context("building the upstream HTTP client")?,
+        );
+        let poller = Arc::new(Poller::new(
+            &settings,
+            store.clone(),
+            client,
+            budget.clone(),
+            writer.clone(),
+            signals.clone(),
+            shutdown.clone(),
+        ));
+        poller
+            .recover(now_ms(), settings.upstream.max_requests_per_second)
+            .await
+            .context("releasing leases and spreading overdue polls")?;
+        let dispatcher = Arc::new(
+            Dispatcher::new(&settings.webhooks, store.clone(), writer, signals.clone())
+                .context("building the webhook HTTP client")?,
+        );
+
+        let tasks = TaskTracker::new();
+        let loops = TaskTracker::new();
+        loops.spawn(poller.run(shutdown.clone(), tasks.clone()));
+        loops.spawn(dispatcher.run(shutdown.clone(), tasks.clone()));
+
+        let state = Arc::new(AppState {
+            store: store.clone(),
+            settings: settings.clone(),
+            signals,
+            budget,
+            started: Instant::now(),
+            shutdown: shutdown.clone(),
+        });
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, store = %redact_url(&settings.store.url), upstream = %settings.upstream.base_url, "jobwatch is serving");
+        let server = axum::serve(listener, api::router(state))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let served = server.await;
+        shutdown.cancel();
+
+        // Drain: the loops stop claiming; what was sent finishes within the grace.
+        loops.close();
+        loops.wait().await;
+        tasks.close();
+        let grace = settings.api.shutdown_grace;
+        if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+            tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                "in-flight work did not finish within the grace; it will be redone after restart"
+            );
+        }
+        // Every Writer is gone with its task; the writer commits what is queued and ends.
+        if tokio::time::timeout(grace, writer_done).await.is_err() {
+            tracing::warn!("queued writes were not committed within the grace; they will be redone after restart");
+        }
+        store.close().await;
+        tracing::info!("jobwatch stopped");
+        served.context("serving HTTP")
+    }
+}
+
+/// Cancel `token` on SIGINT or SIGTERM.
+pub fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => tracing::info!("SIGINT: shutting down"),
+            _ = term => tracing::info!("SIGTERM: shutting down"),
+        }
+        token.cancel();
+    });
+}

@@ -1,0 +1,400 @@
+//! The settings tree: embedded commented defaults (`config/default.toml`), then
+//! `--config FILE`, then `JOBWATCH__SECTION__KEY` environment variables. Loaded and
+//! validated once at start; a bad setting stops the start with a message naming it.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::webhook::sign::SigningSecret;
+
+/// The embedded defaults, also the reference documentation of every setting.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration: setting `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+/// A string that must never be printed: `Debug` shows `[redacted]`.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub api: ApiSettings,
+    pub store: StoreSettings,
+    pub upstream: UpstreamSettings,
+    pub poller: PollerSettings,
+    pub webhooks: WebhookSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSettings {
+    pub listen: SocketAddr,
+    pub token: Option<Secret>,
+    pub allow_unauthenticated_public: bool,
+    pub max_ids_per_request: usize,
+    pub max_body_bytes: usize,
+    #[serde(deserialize_with = "duration")]
+    pub max_wait: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSettings {
+    pub url: String,
+    #[serde(deserialize_with = "duration")]
+    pub retention: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSettings {
+    pub base_url: url::Url,
+    pub token: Option<Secret>,
+    pub max_requests_per_second: f64,
+    pub burst: u32,
+    pub max_in_flight: usize,
+    #[serde(deserialize_with = "duration")]
+    pub request_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub min_retry_after: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub max_retry_after: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub auth_probe_interval: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub rate_recovery_step: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub error_backoff_base: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub error_backoff_max: Duration,
+    pub user_agent: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollerSettings {
+    #[serde(deserialize_with = "duration")]
+    pub initial_interval: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub max_interval: Duration,
+    pub growth: f64,
+    pub jitter: f64,
+    #[serde(deserialize_with = "duration")]
+    pub not_found_grace: Duration,
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub default_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    #[serde(default, deserialize_with = "opt_signing_secret")]
+    pub signing_secret: Option<SigningSecret>,
+    pub allow_private_targets: bool,
+    #[serde(deserialize_with = "duration")]
+    pub request_timeout: Duration,
+    #[serde(deserialize_with = "durations")]
+    pub retry_schedule: Vec<Duration>,
+    pub jitter: f64,
+    pub max_in_flight: usize,
+    #[serde(deserialize_with = "duration")]
+    pub max_retry_after: Duration,
+    #[serde(default)]
+    pub endpoints: Vec<EndpointSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSettings {
+    pub url: url::Url,
+    #[serde(deserialize_with = "signing_secret")]
+    pub secret: SigningSecret,
+    /// Event types this endpoint gets; `None` means all of them.
+    pub events: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Settings {
+    /// Defaults, then `file`, then the environment; validated.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Self::load_with(file, &[])
+    }
+
+    /// As `load`, with explicit overrides applied last (`("poller.initial_interval", "50ms")`);
+    /// tests and the demo use this instead of mutating the process environment.
+    pub fn load_with(
+        file: Option<&Path>,
+        overrides: &[(&str, &str)],
+    ) -> Result<Settings, ConfigError> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("JOBWATCH")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("webhooks.retry_schedule"),
+        );
+        for (key, value) in overrides {
+            builder = builder.set_override(*key, *value)?;
+        }
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let api = &self.api;
+        if api.token.is_none()
+            && !api.listen.ip().is_loopback()
+            && !api.allow_unauthenticated_public
+        {
+            return Err(invalid(
+                "api.listen",
+                format!(
+                    "{} is not a loopback address and api.token is unset; set api.token, or api.allow_unauthenticated_public = true",
+                    api.listen
+                ),
+            ));
+        }
+        if api.token.as_ref().is_some_and(|t| t.expose().is_empty()) {
+            return Err(invalid("api.token", "must not be empty"));
+        }
+        if api.max_ids_per_request == 0 {
+            return Err(invalid("api.max_ids_per_request", "must be at least 1"));
+        }
+        if api.max_body_bytes < 1024 {
+            return Err(invalid("api.max_body_bytes", "must be at least 1024"));
+        }
+        if !(self.store.url.starts_with("sqlite:")
+            || self.store.url.starts_with("postgres://")
+            || self.store.url.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "store.url",
+                "must start with sqlite:// or postgres://",
+            ));
+        }
+        let up = &self.upstream;
+        if !matches!(up.base_url.scheme(), "http" | "https") {
+            return Err(invalid("upstream.base_url", "must be an http or https URL"));
+        }
+        if !(up.max_requests_per_second.is_finite() && up.max_requests_per_second > 0.0) {
+            return Err(invalid(
+                "upstream.max_requests_per_second",
+                "must be a number above 0",
+            ));
+        }
+        if up.burst == 0 {
+            return Err(invalid("upstream.burst", "must be at least 1"));
+        }
+        if up.max_in_flight == 0 {
+            return Err(invalid("upstream.max_in_flight", "must be at least 1"));
+        }
+        if up.request_timeout.is_zero() {
+            return Err(invalid("upstream.request_timeout", "must be above 0"));
+        }
+        if up.min_retry_after > up.max_retry_after {
+            return Err(invalid(
+                "upstream.min_retry_after",
+                "must not exceed upstream.max_retry_after",
+            ));
+        }
+        if up.error_backoff_base.is_zero() || up.error_backoff_base > up.error_backoff_max {
+            return Err(invalid(
+                "upstream.error_backoff_base",
+                "must be above 0 and at most upstream.error_backoff_max",
+            ));
+        }
+        let p = &self.poller;
+        if p.initial_interval.is_zero() || p.initial_interval > p.max_interval {
+            return Err(invalid(
+                "poller.initial_interval",
+                "must be above 0 and at most poller.max_interval",
+            ));
+        }
+        if !(p.growth >= 1.0 && p.growth <= 10.0) {
+            return Err(invalid("poller.growth", "must be between 1.0 and 10.0"));
+        }
+        if !(0.0..=0.5).contains(&p.jitter) {
+            return Err(invalid("poller.jitter", "must be between 0.0 and 0.5"));
+        }
+        let w = &self.webhooks;
+        if w.request_timeout.is_zero() {
+            return Err(invalid("webhooks.request_timeout", "must be above 0"));
+        }
+        if !(0.0..=0.5).contains(&w.jitter) {
+            return Err(invalid("webhooks.jitter", "must be between 0.0 and 0.5"));
+        }
+        if w.max_in_flight == 0 {
+            return Err(invalid("webhooks.max_in_flight", "must be at least 1"));
+        }
+        for e in &w.endpoints {
+            if !matches!(e.url.scheme(), "http" | "https") {
+                return Err(invalid(
+                    "webhooks.endpoints.url",
+                    format!("{} is not an http or https URL", e.url),
+                ));
+            }
+            for t in e.events.iter().flatten() {
+                if crate::model::Outcome::from_event_type(t).is_none() {
+                    return Err(invalid(
+                        "webhooks.endpoints.events",
+                        format!("unknown event type {t:?}; known: job.succeeded, job.failed, job.timed_out, job.not_found, job.rejected"),
+                    ));
+                }
+            }
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(invalid(
+                "log.level",
+                format!("{:?} is not a tracing filter", self.log.level),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        format!("{s:?} is not a duration like \"500ms\", \"5s\", \"10m\", \"7d\": {e}")
+    })
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    match Option::<String>::deserialize(d)? {
+        None => Ok(None),
+        Some(s) if s.trim().is_empty() => Ok(None),
+        Some(s) => parse_duration(&s)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
+}
+
+fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    let v = Vec::<String>::deserialize(d)?;
+    v.iter()
+        .map(|s| parse_duration(s).map_err(serde::de::Error::custom))
+        .collect()
+}
+
+fn signing_secret<'de, D: Deserializer<'de>>(d: D) -> Result<SigningSecret, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
+}
+
+fn opt_signing_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SigningSecret>, D::Error> {
+    match Option::<String>::deserialize(d)? {
+        None => Ok(None),
+        Some(s) if s.trim().is_empty() => Ok(None),
+        Some(s) => s.parse().map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_load_and_validate() {
+        let s = Settings::load_with(None, &[]).expect("defaults are valid");
+        assert_eq!(s.api.max_ids_per_request, 10_000);
+        assert_eq!(s.webhooks.retry_schedule.len(), 7);
+        assert!(s.upstream.token.is_none());
+    }
+
+    #[test]
+    fn a_bad_duration_names_the_setting() {
+        let err = Settings::load_with(None, &[("poller.initial_interval", "soon")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("poller.initial_interval"), "{err}");
+    }
+
+    #[test]
+    fn a_public_listen_address_needs_a_token() {
+        let err = Settings::load_with(None, &[("api.listen", "0.0.0.0:8080")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("api.listen"), "{err}");
+        Settings::load_with(None, &[("api.listen", "0.0.0.0:8080"), ("api.token", "t")])
+            .expect("token makes it fine");
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused() {
+        let err = Settings::load_with(None, &[("poller.initial_intervl", "1s")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("initial_intervl"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let s = Settings::load_with(None, &[("upstream.token", "sekrit-value")]).unwrap();
+        assert!(!format!("{s:?}").contains("sekrit-value"));
+    }
+}

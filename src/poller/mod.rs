@@ -1,0 +1,484 @@
+//! Decides what to poll when. Watches live in the store, not in tasks: each step
+//! claims the watches that are due (an index on the next poll time), polls them
+//! through the shared [`budget::Budget`], and turns each answer into the watch's
+//! next values per the state table (an outcome comes with its event).
+
+pub mod budget;
+pub mod cadence;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Settings;
+use crate::model::{verdict, Outcome, Verdict};
+use crate::store::writer::{Signals, Write, Writer};
+use crate::store::{now_ms, DynStore, Millis, WatchRecord, WatchUpdate};
+use crate::upstream::{PollAnswer, UpstreamClient};
+use crate::webhook::Routes;
+use budget::Budget;
+use cadence::Cadence;
+
+/// A claimed watch is ours for this long; a daemon that dies holding it has its
+/// leases released at the next start (SQLite) or expired (shared stores).
+const LEASE: Duration = Duration::from_secs(600);
+
+pub struct Poller {
+    store: DynStore,
+    client: Arc<UpstreamClient>,
+    budget: Arc<Budget>,
+    cadence: Cadence,
+    not_found_grace: Duration,
+    routes: Routes,
+    writer: Writer,
+    signals: Arc<Signals>,
+    /// Watches claimed and not yet written back: never claimed twice.
+    in_flight: Mutex<HashSet<i64>>,
+    /// How many claimed watches may wait for the budget at once.
+    high_water: usize,
+    done: tokio::sync::Notify,
+    shutdown: CancellationToken,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StepReport {
+    pub timed_out: usize,
+    pub claimed: usize,
+}
+
+impl Poller {
+    pub fn new(
+        settings: &Settings,
+        store: DynStore,
+        client: Arc<UpstreamClient>,
+        budget: Arc<Budget>,
+        writer: Writer,
+        signals: Arc<Signals>,
+        shutdown: CancellationToken,
+    ) -> Poller {
+        let p = &settings.poller;
+        let u = &settings.upstream;
+        Poller {
+            store,
+            client,
+            budget,
+            cadence: Cadence {
+                initial: p.initial_interval,
+                max: p.max_interval,
+                growth: p.growth,
+                jitter: p.jitter,
+                error_base: u.error_backoff_base,
+                error_max: u.error_backoff_max,
+            },
+            not_found_grace: p.not_found_grace,
+            routes: Routes::new(&settings.webhooks),
+            writer,
+            signals,
+            in_flight: Mutex::new(HashSet::new()),
+            high_water: (u.max_in_flight * 2).max(16),
+            done: tokio::sync::Notify::new(),
+            shutdown,
+        }
+    }
+
+    pub fn budget(&self) -> &Arc<Budget> {
+        &self.budget
+    }
+
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<i64>> {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Called once before the loop: release what a stopped daemon held and spread
+    /// the overdue first polls over the time the budget needs for them anyway.
+    pub async fn recover(&self, now: Millis, rate: f64) -> crate::store::Result<u64> {
+        let due = self.store.count_due(now).await?;
+        let spread = (due as f64 / rate.max(0.001) * 1000.0) as Millis;
+        let spread = spread.max(self.cadence.initial.as_millis() as Millis);
+        let moved = self.store.recover(now, spread).await?;
+        if moved > 0 {
+            tracing::info!(
+                moved,
+                spread_ms = spread,
+                "spread the polls of overdue watches after a restart"
+            );
+        }
+        Ok(moved)
+    }
+
+    /// One step: end the watches whose deadline passed, then claim due watches up
+    /// to the free capacity and start their polls on `tasks`.
+    pub async fn step(
+        self: &Arc<Self>,
+        now: Millis,
+        tasks: &TaskTracker,
+    ) -> crate::store::Result<StepReport> {
+        let mut report = StepReport::default();
+        let expired = self.store.expired_watches(now, 512).await?;
+        if !expired.is_empty() {
+            let updates: Vec<WatchUpdate> = expired
+                .into_iter()
+                .map(|mut w| {
+                    w.outcome = Some(Outcome::TimedOut);
+                    w.outcome_at = Some(now);
+                    w.next_poll_at = None;
+                    let event = self.routes.event_for(&w);
+                    WatchUpdate { record: w, event }
+                })
+                .collect();
+            let applied = self.store.apply_watch_updates(&updates).await?;
+            self.signals.watches_committed(&updates, &applied);
+            report.timed_out = applied.iter().filter(|a| **a).count();
+        }
+
+        let free = self.high_water.saturating_sub(self.in_flight().len());
+        if free == 0 {
+            return Ok(report);
+        }
+        let lease_until = now + LEASE.as_millis() as Millis;
+        let claimed = self
+            .store
+            .claim_due_watches(now, free as u32, lease_until)
+            .await?;
+        for w in claimed {
+            if !self.in_flight().insert(w.wid) {
+                continue;
+            }
+            report.claimed += 1;
+            let this = Arc::clone(self);
+            tasks.spawn(async move {
+                let wid = w.wid;
+                this.poll_one(w).await;
+                this.in_flight().remove(&wid);
+                this.done.notify_one();
+            });
+        }
+        Ok(report)
+    }
+
+    /// Poll one watch until it gets an answer that means something for it (a 429
+    /// or a 401 is about the upstream: wait for the budget and ask again), then
+    /// queue its next values.
+    async fn poll_one(&self, w: WatchRecord) {
+        let answer = loop {
+            // Until a request is sent, shutdown abandons the poll (the lease is
+            // released at the next start); once sent, it finishes.
+            let mut slot = tokio::select! {
+                slot = self.budget.acquire() => slot,
+                _ = self.shutdown.cancelled() => return,
+            };
+            if w.deadline.is_some_and(|d| d <= now_ms()) {
+                // Past its deadline: the deadline step ends it; do not poll it.
+                return;
+            }
+            let answer = self.client.poll(w.kind, &w.job_id).await;
+            self.budget.observe(&mut slot, &answer);
+            match answer {
+                PollAnswer::RateLimited { .. } | PollAnswer::Unauthorized { .. } => continue,
+                other => break other,
+            }
+        };
+        let record = decide(
+            &w,
+            &answer,
+            now_ms(),
+            &self.cadence,
+            self.not_found_grace,
+            &mut rand::rng(),
+        );
+        if record.state != w.state
+            && matches!(verdict(record.state.as_deref(), false), Verdict::Unknown)
+            && record.state.is_some()
+        {
+            tracing::warn!(kind = %w.kind, id = %w.job_id, state = ?record.state, "upstream reports a state the contract does not name; still watching");
+        }
+        let event = self.routes.event_for(&record);
+        self.writer
+            .send(Write::Watch(WatchUpdate { record, event }))
+            .await;
+    }
+
+    /// Run steps until `shutdown`; polls already sent finish on `tasks`.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken, tasks: TaskTracker) {
+        loop {
+            let now = now_ms();
+            let report = match self.step(now, &tasks).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "poller step failed; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            let full = self.in_flight().len() >= self.high_water;
+            // Sleep until the next watch is due, new watches arrive, or capacity frees
+            // up; at most a second, so deadlines fire on time.
+            let wait = if full {
+                Duration::from_secs(1)
+            } else if report.claimed > 0 {
+                Duration::ZERO
+            } else {
+                match self.store.next_wakeup().await {
+                    Ok(Some(at)) => Duration::from_millis((at - now_ms()).clamp(0, 1000) as u64),
+                    Ok(None) => Duration::from_secs(1),
+                    Err(_) => Duration::from_secs(1),
+                }
+            };
+            if wait.is_zero() {
+                tokio::task::yield_now().await;
+                if shutdown.is_cancelled() {
+                    return;
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.signals.watches.notified() => {}
+                _ = self.done.notified(), if full => {}
+            }
+        }
+    }
+}
+
+/// A watch's next values after `answer`, per the state and error tables of UPSTREAM.md.
+/// 429 and 401/403 never reach here: they are about the upstream, not the watch.
+pub fn decide(
+    w: &WatchRecord,
+    answer: &PollAnswer,
+    now: Millis,
+    cadence: &Cadence,
+    not_found_grace: Duration,
+    rng: &mut impl rand::Rng,
+) -> WatchRecord {
+    let mut n = w.clone();
+    n.poll_count += 1;
+    n.last_poll_at = Some(now);
+    let previous = Duration::from_millis(w.interval_ms.max(0) as u64);
+    let end = |n: &mut WatchRecord, outcome: Outcome| {
+        n.outcome = Some(outcome);
+        n.outcome_at = Some(now);
+        n.next_poll_at = None;
+    };
+    let schedule = |n: &mut WatchRecord, interval: Duration, rng: &mut dyn rand::RngCore| {
+        n.interval_ms = interval.as_millis() as i64;
+        n.next_poll_at = Some(now + cadence.jittered(interval, rng).as_millis() as Millis);
+    };
+    match answer {
+        PollAnswer::Status(s) => {
+            n.consecutive_errors = 0;
+            n.not_found_since = None;
+            let changed = s.state != w.state || w.poll_count == 0;
+            n.state = s.state.clone();
+            // A missing attribute says nothing: keep what we knew.
+            let u = &mut n.upstream;
+            if s.created.is_some() {
+                u.created = s.created.clone();
+            }
+            if s.started.is_some() {
+                u.started = s.started.clone();
+            }
+            if s.ended.is_some() {
+                u.ended = s.ended.clone();
+            }
+            if s.errors.is_some() {
+                u.errors = s.errors.clone();
+            }
+            match verdict(s.state.as_deref(), s.has_errors()) {
+                Verdict::Succeeded => end(&mut n, Outcome::Succeeded),
+                Verdict::Failed => end(&mut n, Outcome::Failed),
+                Verdict::Running | Verdict::Unknown => {
+                    schedule(&mut n, cadence.next_interval(previous, changed), rng)
+                }
+            }
+        }
+        PollAnswer::NotFound => {
+            let since = w.not_found_since.unwrap_or(now);
+            n.not_found_since = Some(since);
+            n.last_error = Some("HTTP 404: the job is not (yet) visible upstream".into());
+            let waited = Duration::from_millis((now - since).max(0) as u64);
+            if waited >= not_found_grace {
+                end(&mut n, Outcome::NotFound);
+            } else {
+                // Look again within the grace, so that several 404s decide it.
+                let left = not_found_grace - waited;
+                let interval = cadence
+                    .next_interval(previous, false)
+                    .min(left.max(Duration::from_millis(100)));
+                schedule(&mut n, interval, rng);
+            }
+        }
+        PollAnswer::Rejected { status, detail } => {
+            n.last_error = Some(format!("HTTP {status}: {detail}"));
+            end(&mut n, Outcome::Rejected);
+        }
+        PollAnswer::Transient { error } => {
+            n.error_count += 1;
+            n.consecutive_errors += 1;
+            n.last_error = Some(error.clone());
+            let backoff = cadence.error_backoff(n.consecutive_errors.clamp(1, 64) as u32, rng);
+            n.next_poll_at = Some(now + backoff.as_millis() as Millis);
+        }
+        PollAnswer::RateLimited { .. } | PollAnswer::Unauthorized { .. } => {
+            // Not the watch's doing: same cadence, no error counted.
+            n.poll_count = w.poll_count;
+            n.next_poll_at = Some(now);
+        }
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Kind;
+    use crate::store::UpstreamFields;
+    use crate::upstream::JobStatus;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    fn cadence() -> Cadence {
+        Cadence {
+            initial: Duration::from_secs(2),
+            max: Duration::from_secs(60),
+            growth: 2.0,
+            jitter: 0.0,
+            error_base: Duration::from_secs(1),
+            error_max: Duration::from_secs(60),
+        }
+    }
+
+    fn watch() -> WatchRecord {
+        WatchRecord {
+            wid: 1,
+            kind: Kind::Copy,
+            job_id: "j".into(),
+            generation: 1,
+            webhook_url: None,
+            metadata: None,
+            watched_at: 0,
+            deadline: None,
+            state: None,
+            upstream: UpstreamFields::default(),
+            outcome: None,
+            outcome_at: None,
+            last_poll_at: None,
+            next_poll_at: Some(0),
+            interval_ms: 2000,
+            poll_count: 0,
+            error_count: 0,
+            consecutive_errors: 0,
+            last_error: None,
+            not_found_since: None,
+        }
+    }
+
+    fn status(state: &str, errors: serde_json::Value) -> PollAnswer {
+        PollAnswer::Status(JobStatus {
+            state: Some(state.into()),
+            errors: Some(errors),
+            ..Default::default()
+        })
+    }
+
+    fn run(w: &WatchRecord, a: &PollAnswer, now: Millis) -> WatchRecord {
+        decide(
+            w,
+            a,
+            now,
+            &cadence(),
+            Duration::from_secs(10),
+            &mut StdRng::seed_from_u64(0),
+        )
+    }
+
+    #[test]
+    fn outcomes_follow_the_state_table() {
+        let none = serde_json::json!([]);
+        let some = serde_json::json!(["boom"]);
+        let cases = [
+            ("SUCCESS", &none, Some(Outcome::Succeeded)),
+            ("DONE", &none, Some(Outcome::Succeeded)),
+            ("SUCCESS", &some, Some(Outcome::Failed)),
+            ("DONE", &some, Some(Outcome::Failed)),
+            ("FAILED", &none, Some(Outcome::Failed)),
+            ("FAILURE", &none, Some(Outcome::Failed)),
+            ("PENDING", &none, None),
+            ("RUNNING", &none, None),
+            ("PAUSED", &none, None),
+        ];
+        for (state, errors, outcome) in cases {
+            let n = run(&watch(), &status(state, errors.clone()), 1000);
+            assert_eq!(n.outcome, outcome, "{state} {errors}");
+            assert_eq!(n.state.as_deref(), Some(state));
+            assert_eq!(n.next_poll_at.is_none(), outcome.is_some());
+        }
+    }
+
+    #[test]
+    fn the_cadence_grows_while_the_state_holds_and_resets_on_change() {
+        let mut w = run(&watch(), &status("RUNNING", serde_json::json!([])), 0);
+        assert_eq!(w.next_poll_at, Some(2000));
+        let mut nexts = vec![];
+        for t in [2000, 6000, 14000] {
+            w = run(&w, &status("RUNNING", serde_json::json!([])), t);
+            nexts.push(w.next_poll_at.unwrap() - t);
+        }
+        assert_eq!(nexts, vec![4000, 8000, 16000]);
+        w = run(&w, &status("PENDING", serde_json::json!([])), 30000);
+        assert_eq!(w.next_poll_at, Some(32000));
+    }
+
+    #[test]
+    fn not_found_ends_only_after_the_grace() {
+        let w = run(&watch(), &PollAnswer::NotFound, 0);
+        assert_eq!(w.outcome, None);
+        assert_eq!(w.not_found_since, Some(0));
+        let w = run(&w, &PollAnswer::NotFound, 9_999);
+        assert_eq!(w.outcome, None);
+        let w2 = run(&w, &status("RUNNING", serde_json::json!([])), 10_500);
+        assert_eq!(w2.not_found_since, None, "a real answer resets the grace");
+        let w = run(&w, &PollAnswer::NotFound, 10_000);
+        assert_eq!(w.outcome, Some(Outcome::NotFound));
+    }
+
+    #[test]
+    fn transient_errors_back_off_and_never_end_a_watch() {
+        let mut w = watch();
+        for i in 1..=20 {
+            w = run(
+                &w,
+                &PollAnswer::Transient {
+                    error: "HTTP 502".into(),
+                },
+                i * 1000,
+            );
+            assert_eq!(w.outcome, None);
+        }
+        assert_eq!(w.error_count, 20);
+        assert_eq!(w.consecutive_errors, 20);
+        assert_eq!(w.last_error.as_deref(), Some("HTTP 502"));
+        let w = run(&w, &status("RUNNING", serde_json::json!([])), 99_000);
+        assert_eq!(w.consecutive_errors, 0);
+        assert_eq!(w.error_count, 20);
+    }
+
+    #[test]
+    fn rejection_ends_the_watch_with_the_detail() {
+        let w = run(
+            &watch(),
+            &PollAnswer::Rejected {
+                status: 400,
+                detail: "bad".into(),
+            },
+            5,
+        );
+        assert_eq!(w.outcome, Some(Outcome::Rejected));
+        assert_eq!(w.last_error.as_deref(), Some("HTTP 400: bad"));
+    }
+}

@@ -1,0 +1,361 @@
+//! The persistence port: everything jobwatch keeps goes through [`Store`].
+//!
+//! One implementation per database (`sqlite` now; PostgreSQL behind the same trait
+//! for replicated deployments). The store knows nothing of HTTP or of the upstream:
+//! it takes decided values (a watch's new state, an event with its deliveries) and
+//! makes them durable, atomically. Times are Unix milliseconds, passed in, so that
+//! callers (and tests) own the clock.
+
+pub mod sqlite;
+pub mod writer;
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::model::{Kind, Outcome};
+
+pub type Millis = i64;
+
+pub fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("store migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("store: {0}")]
+    Unusable(String),
+    #[error("store: corrupt row: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Attributes the upstream reported, stored as given (every one may be missing).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct UpstreamFields {
+    pub created: Option<String>,
+    pub started: Option<String>,
+    pub ended: Option<String>,
+    pub errors: Option<serde_json::Value>,
+}
+
+/// One watch, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WatchRecord {
+    pub wid: i64,
+    pub kind: Kind,
+    pub job_id: String,
+    pub generation: i64,
+    pub webhook_url: Option<String>,
+    pub metadata: Option<serde_json::Value>,
+    pub watched_at: Millis,
+    pub deadline: Option<Millis>,
+    pub state: Option<String>,
+    pub upstream: UpstreamFields,
+    pub outcome: Option<Outcome>,
+    pub outcome_at: Option<Millis>,
+    pub last_poll_at: Option<Millis>,
+    pub next_poll_at: Option<Millis>,
+    pub interval_ms: i64,
+    pub poll_count: i64,
+    pub error_count: i64,
+    pub consecutive_errors: i64,
+    pub last_error: Option<String>,
+    pub not_found_since: Option<Millis>,
+}
+
+/// A POST's worth of new watches: the ids share everything else.
+#[derive(Debug, Clone)]
+pub struct NewWatches {
+    pub kind: Kind,
+    /// Distinct, validated ids.
+    pub ids: Vec<String>,
+    pub webhook_url: Option<String>,
+    pub metadata: Option<serde_json::Value>,
+    pub deadline: Option<Millis>,
+    pub now: Millis,
+    /// The first poll falls in `[now + first_poll_min, now + first_poll_min + first_poll_spread)`.
+    pub first_poll_min: Millis,
+    pub first_poll_spread: Millis,
+    pub interval_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Ingested {
+    /// Watches started by this request (new ids, and new generations of ended ones).
+    pub new: u64,
+    /// Ids that were already being watched: unchanged.
+    pub already_watching: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub kind: Option<Kind>,
+    pub state: Option<String>,
+    pub outcome: Option<Outcome>,
+    /// Only running (`Some(true)`) or only ended (`Some(false)`) watches.
+    pub running: Option<bool>,
+}
+
+/// Keyset position in the newest-first listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub watched_at: Millis,
+    pub wid: i64,
+}
+
+impl Cursor {
+    pub fn encode(self) -> String {
+        format!("{}.{}", self.watched_at, self.wid)
+    }
+    pub fn decode(s: &str) -> Option<Cursor> {
+        let (a, b) = s.split_once('.')?;
+        Some(Cursor {
+            watched_at: a.parse().ok()?,
+            wid: b.parse().ok()?,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cancelled {
+    Now(WatchRecord),
+    AlreadyEnded(WatchRecord),
+    Unknown,
+}
+
+/// Where a delivery goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// The watch's own `webhook_url`, signed with `webhooks.signing_secret`.
+    Watch,
+    /// A configured endpoint (`[[webhooks.endpoints]]`), signed with its own secret.
+    Endpoint,
+}
+
+impl Target {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Target::Watch => "watch",
+            Target::Endpoint => "endpoint",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub target: Target,
+    pub url: String,
+}
+
+/// The event of an outcome, written in the same transaction as the outcome.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub event_type: &'static str,
+    pub body: String,
+    pub deliveries: Vec<NewDelivery>,
+}
+
+/// A watch's next values after a poll (or a deadline, or a cancellation).
+/// Applied only if the watch is still running in the same generation.
+#[derive(Debug, Clone)]
+pub struct WatchUpdate {
+    pub record: WatchRecord,
+    pub event: Option<NewEvent>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryStatus {
+    Pending,
+    Retrying,
+    Delivered,
+    Dead,
+    /// The receiver answered 410: nothing more is sent to it for this event.
+    Gone,
+}
+
+impl DeliveryStatus {
+    pub const ALL: [DeliveryStatus; 5] = [
+        DeliveryStatus::Pending,
+        DeliveryStatus::Retrying,
+        DeliveryStatus::Delivered,
+        DeliveryStatus::Dead,
+        DeliveryStatus::Gone,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryStatus::Pending => "pending",
+            DeliveryStatus::Retrying => "retrying",
+            DeliveryStatus::Delivered => "delivered",
+            DeliveryStatus::Dead => "dead",
+            DeliveryStatus::Gone => "gone",
+        }
+    }
+    pub fn parse(s: &str) -> Option<DeliveryStatus> {
+        DeliveryStatus::ALL.into_iter().find(|d| d.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DeliveryRecord {
+    pub did: i64,
+    pub eid: i64,
+    pub wid: i64,
+    pub webhook_id: String,
+    pub target: Target,
+    pub url: String,
+    pub status: DeliveryStatus,
+    pub attempts: i64,
+    pub next_attempt_at: Option<Millis>,
+    pub last_status: Option<i64>,
+    pub last_error: Option<String>,
+    pub created_at: Millis,
+    pub delivered_at: Option<Millis>,
+}
+
+/// A claimed delivery with what it sends.
+#[derive(Debug, Clone)]
+pub struct DueDelivery {
+    pub delivery: DeliveryRecord,
+    pub event_type: String,
+    pub body: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptRecord {
+    pub at: Millis,
+    pub status_code: Option<i64>,
+    pub error: Option<String>,
+    pub duration_ms: i64,
+    pub response: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Retried {
+    Now(DeliveryRecord),
+    /// Only dead and gone deliveries can be sent again; this one is not.
+    NotRetryable(DeliveryRecord),
+    Unknown,
+}
+
+/// What the dispatcher decided after an attempt.
+#[derive(Debug, Clone)]
+pub struct AttemptResult {
+    pub did: i64,
+    pub attempt: AttemptRecord,
+    pub next: DeliveryStatus,
+    pub next_attempt_at: Option<Millis>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Counts {
+    /// (state or null, number) of running watches.
+    pub running_by_state: Vec<(Option<String>, i64)>,
+    pub ended_by_outcome: Vec<(String, i64)>,
+    pub running: i64,
+    pub overdue: i64,
+    pub oldest_running: Option<(Kind, String, Millis)>,
+    pub deliveries_by_status: Vec<(String, i64)>,
+}
+
+/// Everything jobwatch keeps. Implementations make each method atomic.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Start watching `ids`; durable when this returns.
+    async fn insert_watches(&self, new: &NewWatches) -> Result<Ingested>;
+    async fn get_watch(&self, kind: Kind, job_id: &str) -> Result<Option<WatchRecord>>;
+    async fn list_watches(
+        &self,
+        filter: &ListFilter,
+        limit: u32,
+        after: Option<Cursor>,
+    ) -> Result<Vec<WatchRecord>>;
+    async fn cancel_watch(&self, kind: Kind, job_id: &str, now: Millis) -> Result<Cancelled>;
+
+    /// Lease up to `limit` running watches due at `now` until `lease_until`.
+    async fn claim_due_watches(
+        &self,
+        now: Millis,
+        limit: u32,
+        lease_until: Millis,
+    ) -> Result<Vec<WatchRecord>>;
+    /// Running watches whose deadline is at or before `now` (not leased, read only).
+    async fn expired_watches(&self, now: Millis, limit: u32) -> Result<Vec<WatchRecord>>;
+    /// The earliest next poll or deadline of a running watch.
+    async fn next_wakeup(&self) -> Result<Option<Millis>>;
+    /// Called once at start. A single-owner store (SQLite) first releases every
+    /// lease that a stopped daemon held (its watches and deliveries are due again);
+    /// then the polls of overdue watches are spread over `[now, now + spread)` so a
+    /// restart does not poll them in one burst. Returns how many watches moved.
+    async fn recover(&self, now: Millis, spread: Millis) -> Result<u64>;
+    /// How many running watches are due at `now`.
+    async fn count_due(&self, now: Millis) -> Result<u64>;
+
+    /// Apply poll results (and their events) in one transaction. Returns, per
+    /// update, whether it applied (false: the watch ended or changed generation meanwhile).
+    async fn apply_watch_updates(&self, updates: &[WatchUpdate]) -> Result<Vec<bool>>;
+
+    async fn claim_due_deliveries(
+        &self,
+        now: Millis,
+        limit: u32,
+        lease_until: Millis,
+    ) -> Result<Vec<DueDelivery>>;
+    async fn record_attempts(&self, results: &[AttemptResult]) -> Result<()>;
+    /// Make every pending delivery to `url` `gone` (the receiver answered 410).
+    async fn stop_deliveries_to(&self, url: &str) -> Result<u64>;
+    async fn deliveries_of_watch(&self, wid: i64) -> Result<Vec<DeliveryRecord>>;
+    async fn list_deliveries(
+        &self,
+        status: Option<DeliveryStatus>,
+        limit: u32,
+        after: Option<i64>,
+    ) -> Result<Vec<DeliveryRecord>>;
+    async fn attempts_of(&self, did: i64) -> Result<Vec<AttemptRecord>>;
+    /// Send a dead (or gone) delivery again.
+    async fn retry_delivery(&self, did: i64, now: Millis) -> Result<Retried>;
+    async fn next_delivery_at(&self) -> Result<Option<Millis>>;
+
+    async fn counts(&self, now: Millis) -> Result<Counts>;
+    /// Delete up to `limit` watches that ended before `before`, with their events,
+    /// deliveries and attempts, unless a delivery of theirs is still pending.
+    async fn prune(&self, before: Millis, limit: u32) -> Result<u64>;
+    /// Does the store answer?
+    async fn ping(&self) -> Result<()>;
+    async fn close(&self);
+}
+
+pub type DynStore = Arc<dyn Store>;
+
+/// Open the store named by `store.url`, creating and migrating it as needed.
+pub async fn open(url: &str) -> Result<DynStore> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::open(url).await?))
+    } else {
+        Err(StoreError::Unusable(format!(
+            "store.url {:?}: the PostgreSQL store is not built yet; use sqlite://PATH",
+            redact_url(url)
+        )))
+    }
+}
+
+/// A URL without its password, for messages.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("redacted"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}

@@ -1,0 +1,676 @@
+//! The SQLite store: one file, WAL, `synchronous = FULL`.
+//!
+//! Writes go through a pool of exactly one connection, so they are serialised in
+//! the process and never meet "database is locked"; reads use their own pool and,
+//! thanks to WAL, never wait for writes. A commit is on disk when it returns, so an
+//! acknowledged watch, a stored outcome and a queued delivery survive `kill -9` and
+//! a power cut alike (see docs/operations.md).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+
+use super::*;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+
+const WATCH_COLS: &str = "wid, kind, job_id, generation, webhook_url, metadata, watched_at, deadline, state, \
+    upstream_created, upstream_started, upstream_ended, upstream_errors, outcome, outcome_at, last_poll_at, \
+    next_poll_at, interval_ms, poll_count, error_count, consecutive_errors, last_error, not_found_since";
+
+const DELIVERY_COLS: &str =
+    "did, eid, wid, webhook_id, target, url, status, attempts, next_attempt_at, \
+    last_status, last_error, created_at, delivered_at";
+
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    pub async fn open(url: &str) -> Result<SqliteStore> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Unusable(format!("store.url {url:?}: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(30))
+            .foreign_keys(true)
+            .pragma("temp_store", "memory");
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(60))
+            .connect_with(options.clone())
+            .await
+            .map_err(|e| StoreError::Unusable(format!("cannot open {url}: {e}")))?;
+        check_is_ours(&writer, url).await?;
+        MIGRATOR.run(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(SqliteStore { writer, reader })
+    }
+}
+
+/// Refuse a file that some other program made, or that a newer jobwatch migrated:
+/// running on either would corrupt it or misread it.
+async fn check_is_ours(pool: &SqlitePool, url: &str) -> Result<()> {
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table'")
+            .fetch_all(pool)
+            .await
+            .map_err(|e| {
+                StoreError::Unusable(format!("{url} is not a usable SQLite database: {e}"))
+            })?;
+    if tables.is_empty() {
+        return Ok(());
+    }
+    if !tables.iter().any(|t| t == "_sqlx_migrations") {
+        return Err(StoreError::Unusable(format!(
+            "{url} is not a jobwatch database (it has tables {tables:?} but no jobwatch schema); point store.url at a new or jobwatch file"
+        )));
+    }
+    let newest: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations")
+        .fetch_one(pool)
+        .await?;
+    let known = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    if let Some(v) = newest.filter(|v| *v > known) {
+        return Err(StoreError::Unusable(format!(
+            "{url} has schema version {v} from a newer jobwatch; this one knows up to {known}. Run the newer jobwatch, or restore a backup"
+        )));
+    }
+    Ok(())
+}
+
+fn watch_from_row(row: &SqliteRow) -> Result<WatchRecord> {
+    let kind: String = row.try_get("kind")?;
+    let outcome: Option<String> = row.try_get("outcome")?;
+    let metadata: Option<String> = row.try_get("metadata")?;
+    let errors: Option<String> = row.try_get("upstream_errors")?;
+    Ok(WatchRecord {
+        wid: row.try_get("wid")?,
+        kind: kind.parse().map_err(StoreError::Corrupt)?,
+        job_id: row.try_get("job_id")?,
+        generation: row.try_get("generation")?,
+        webhook_url: row.try_get("webhook_url")?,
+        metadata: parse_json(metadata)?,
+        watched_at: row.try_get("watched_at")?,
+        deadline: row.try_get("deadline")?,
+        state: row.try_get("state")?,
+        upstream: UpstreamFields {
+            created: row.try_get("upstream_created")?,
+            started: row.try_get("upstream_started")?,
+            ended: row.try_get("upstream_ended")?,
+            errors: parse_json(errors)?,
+        },
+        outcome: outcome
+            .map(|o| o.parse())
+            .transpose()
+            .map_err(StoreError::Corrupt)?,
+        outcome_at: row.try_get("outcome_at")?,
+        last_poll_at: row.try_get("last_poll_at")?,
+        next_poll_at: row.try_get("next_poll_at")?,
+        interval_ms: row.try_get("interval_ms")?,
+        poll_count: row.try_get("poll_count")?,
+        error_count: row.try_get("error_count")?,
+        consecutive_errors: row.try_get("consecutive_errors")?,
+        last_error: row.try_get("last_error")?,
+        not_found_since: row.try_get("not_found_since")?,
+    })
+}
+
+fn parse_json(s: Option<String>) -> Result<Option<serde_json::Value>> {
+    s.map(|s| {
+        serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("stored JSON: {e}")))
+    })
+    .transpose()
+}
+
+fn json_text(v: &Option<serde_json::Value>) -> Option<String> {
+    v.as_ref().map(|v| v.to_string())
+}
+
+fn delivery_from_row(row: &SqliteRow) -> Result<DeliveryRecord> {
+    let target: String = row.try_get("target")?;
+    let status: String = row.try_get("status")?;
+    Ok(DeliveryRecord {
+        did: row.try_get("did")?,
+        eid: row.try_get("eid")?,
+        wid: row.try_get("wid")?,
+        webhook_id: row.try_get("webhook_id")?,
+        target: match target.as_str() {
+            "watch" => Target::Watch,
+            "endpoint" => Target::Endpoint,
+            other => return Err(StoreError::Corrupt(format!("delivery target {other:?}"))),
+        },
+        url: row.try_get("url")?,
+        status: DeliveryStatus::parse(&status)
+            .ok_or_else(|| StoreError::Corrupt(format!("delivery status {status:?}")))?,
+        attempts: row.try_get("attempts")?,
+        next_attempt_at: row.try_get("next_attempt_at")?,
+        last_status: row.try_get("last_status")?,
+        last_error: row.try_get("last_error")?,
+        created_at: row.try_get("created_at")?,
+        delivered_at: row.try_get("delivered_at")?,
+    })
+}
+
+fn attempt_from_row(row: &SqliteRow) -> Result<AttemptRecord> {
+    Ok(AttemptRecord {
+        at: row.try_get("at")?,
+        status_code: row.try_get("status_code")?,
+        error: row.try_get("error")?,
+        duration_ms: row.try_get("duration_ms")?,
+        response: row.try_get("response")?,
+    })
+}
+
+fn new_webhook_id() -> String {
+    format!("msg_{}", ulid::Ulid::new())
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn insert_watches(&self, new: &NewWatches) -> Result<Ingested> {
+        // One statement for the whole request: the ids travel as one JSON array.
+        let ids =
+            serde_json::to_string(&new.ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut tx = self.writer.begin().await?;
+        let started: Vec<i64> = sqlx::query_scalar(
+            "INSERT INTO watches (kind, job_id, webhook_url, metadata, watched_at, deadline, next_poll_at, interval_ms)
+             SELECT ?1, j.value, ?2, ?3, ?4, ?5, ?6 + (abs(random()) % ?7), ?8 FROM json_each(?9) AS j WHERE true
+             ON CONFLICT (kind, job_id) DO UPDATE SET
+                generation = generation + 1, webhook_url = excluded.webhook_url, metadata = excluded.metadata,
+                watched_at = excluded.watched_at, deadline = excluded.deadline, state = NULL,
+                upstream_created = NULL, upstream_started = NULL, upstream_ended = NULL, upstream_errors = NULL,
+                outcome = NULL, outcome_at = NULL, last_poll_at = NULL, next_poll_at = excluded.next_poll_at,
+                interval_ms = excluded.interval_ms, poll_count = 0, error_count = 0, consecutive_errors = 0,
+                last_error = NULL, not_found_since = NULL, leased_until = NULL
+             WHERE watches.outcome IS NOT NULL
+             RETURNING wid",
+        )
+        .bind(new.kind.as_str())
+        .bind(&new.webhook_url)
+        .bind(json_text(&new.metadata))
+        .bind(new.now)
+        .bind(new.deadline)
+        .bind(new.now + new.first_poll_min)
+        .bind(new.first_poll_spread.max(1))
+        .bind(new.interval_ms)
+        .bind(ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let started = started.len() as u64;
+        Ok(Ingested {
+            new: started,
+            already_watching: new.ids.len() as u64 - started,
+        })
+    }
+
+    async fn get_watch(&self, kind: Kind, job_id: &str) -> Result<Option<WatchRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {WATCH_COLS} FROM watches WHERE kind = ?1 AND job_id = ?2"
+        ))
+        .bind(kind.as_str())
+        .bind(job_id)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(watch_from_row).transpose()
+    }
+
+    async fn list_watches(
+        &self,
+        filter: &ListFilter,
+        limit: u32,
+        after: Option<Cursor>,
+    ) -> Result<Vec<WatchRecord>> {
+        let mut q =
+            QueryBuilder::<Sqlite>::new(format!("SELECT {WATCH_COLS} FROM watches WHERE true"));
+        if let Some(kind) = filter.kind {
+            q.push(" AND kind = ").push_bind(kind.as_str());
+        }
+        if let Some(state) = &filter.state {
+            q.push(" AND state = ").push_bind(state.clone());
+        }
+        if let Some(outcome) = filter.outcome {
+            q.push(" AND outcome = ").push_bind(outcome.as_str());
+        }
+        match filter.running {
+            Some(true) => {
+                q.push(" AND outcome IS NULL");
+            }
+            Some(false) => {
+                q.push(" AND outcome IS NOT NULL");
+            }
+            None => {}
+        }
+        if let Some(c) = after {
+            q.push(" AND (watched_at < ")
+                .push_bind(c.watched_at)
+                .push(" OR (watched_at = ")
+                .push_bind(c.watched_at)
+                .push(" AND wid < ")
+                .push_bind(c.wid)
+                .push("))");
+        }
+        q.push(" ORDER BY watched_at DESC, wid DESC LIMIT ")
+            .push_bind(limit as i64);
+        let rows = q.build().fetch_all(&self.reader).await?;
+        rows.iter().map(watch_from_row).collect()
+    }
+
+    async fn cancel_watch(&self, kind: Kind, job_id: &str, now: Millis) -> Result<Cancelled> {
+        let mut tx = self.writer.begin().await?;
+        let row = sqlx::query(&format!(
+            "UPDATE watches SET outcome = 'cancelled', outcome_at = ?3, next_poll_at = NULL, leased_until = NULL
+             WHERE kind = ?1 AND job_id = ?2 AND outcome IS NULL RETURNING {WATCH_COLS}"
+        ))
+        .bind(kind.as_str())
+        .bind(job_id)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let result = match row {
+            Some(row) => Cancelled::Now(watch_from_row(&row)?),
+            None => {
+                let row = sqlx::query(&format!(
+                    "SELECT {WATCH_COLS} FROM watches WHERE kind = ?1 AND job_id = ?2"
+                ))
+                .bind(kind.as_str())
+                .bind(job_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                match row {
+                    Some(row) => Cancelled::AlreadyEnded(watch_from_row(&row)?),
+                    None => Cancelled::Unknown,
+                }
+            }
+        };
+        tx.commit().await?;
+        Ok(result)
+    }
+
+    async fn claim_due_watches(
+        &self,
+        now: Millis,
+        limit: u32,
+        lease_until: Millis,
+    ) -> Result<Vec<WatchRecord>> {
+        let rows = sqlx::query(&format!(
+            "UPDATE watches SET leased_until = ?2, next_poll_at = ?2
+             WHERE wid IN (SELECT wid FROM watches WHERE outcome IS NULL AND next_poll_at <= ?1 ORDER BY next_poll_at LIMIT ?3)
+             RETURNING {WATCH_COLS}"
+        ))
+        .bind(now)
+        .bind(lease_until)
+        .bind(limit as i64)
+        .fetch_all(&self.writer)
+        .await?;
+        rows.iter().map(watch_from_row).collect()
+    }
+
+    async fn expired_watches(&self, now: Millis, limit: u32) -> Result<Vec<WatchRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {WATCH_COLS} FROM watches WHERE outcome IS NULL AND deadline IS NOT NULL AND deadline <= ?1
+             ORDER BY deadline LIMIT ?2"
+        ))
+        .bind(now)
+        .bind(limit as i64)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(watch_from_row).collect()
+    }
+
+    async fn next_wakeup(&self) -> Result<Option<Millis>> {
+        let poll: Option<i64> =
+            sqlx::query_scalar("SELECT min(next_poll_at) FROM watches WHERE outcome IS NULL")
+                .fetch_one(&self.reader)
+                .await?;
+        let deadline: Option<i64> = sqlx::query_scalar(
+            "SELECT min(deadline) FROM watches WHERE outcome IS NULL AND deadline IS NOT NULL",
+        )
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(match (poll, deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        })
+    }
+
+    async fn recover(&self, now: Millis, spread: Millis) -> Result<u64> {
+        let mut tx = self.writer.begin().await?;
+        let moved = sqlx::query(
+            "UPDATE watches SET next_poll_at = ?1 + (abs(random()) % ?2), leased_until = NULL
+             WHERE outcome IS NULL AND (next_poll_at <= ?1 OR leased_until IS NOT NULL)",
+        )
+        .bind(now)
+        .bind(spread.max(1))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query(
+            "UPDATE deliveries SET next_attempt_at = ?1, leased_until = NULL
+             WHERE leased_until IS NOT NULL AND status IN ('pending', 'retrying')",
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(moved)
+    }
+
+    async fn count_due(&self, now: Millis) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM watches WHERE outcome IS NULL AND next_poll_at <= ?1",
+        )
+        .bind(now)
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(n as u64)
+    }
+
+    async fn apply_watch_updates(&self, updates: &[WatchUpdate]) -> Result<Vec<bool>> {
+        let mut applied = Vec::with_capacity(updates.len());
+        let mut tx = self.writer.begin().await?;
+        for u in updates {
+            let r = &u.record;
+            let done = sqlx::query(
+                "UPDATE watches SET state = ?3, upstream_created = ?4, upstream_started = ?5, upstream_ended = ?6,
+                    upstream_errors = ?7, outcome = ?8, outcome_at = ?9, last_poll_at = ?10, next_poll_at = ?11,
+                    interval_ms = ?12, poll_count = ?13, error_count = ?14, consecutive_errors = ?15,
+                    last_error = ?16, not_found_since = ?17, leased_until = NULL
+                 WHERE wid = ?1 AND generation = ?2 AND outcome IS NULL",
+            )
+            .bind(r.wid)
+            .bind(r.generation)
+            .bind(&r.state)
+            .bind(&r.upstream.created)
+            .bind(&r.upstream.started)
+            .bind(&r.upstream.ended)
+            .bind(json_text(&r.upstream.errors))
+            .bind(r.outcome.map(|o| o.as_str()))
+            .bind(r.outcome_at)
+            .bind(r.last_poll_at)
+            .bind(r.next_poll_at)
+            .bind(r.interval_ms)
+            .bind(r.poll_count)
+            .bind(r.error_count)
+            .bind(r.consecutive_errors)
+            .bind(&r.last_error)
+            .bind(r.not_found_since)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if done {
+                if let Some(event) = &u.event {
+                    let created_at = r.outcome_at.unwrap_or_else(now_ms);
+                    let eid: i64 = sqlx::query_scalar(
+                        "INSERT INTO events (wid, generation, type, body, created_at) VALUES (?1, ?2, ?3, ?4, ?5) RETURNING eid",
+                    )
+                    .bind(r.wid)
+                    .bind(r.generation)
+                    .bind(event.event_type)
+                    .bind(&event.body)
+                    .bind(created_at)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    for d in &event.deliveries {
+                        sqlx::query(
+                            "INSERT INTO deliveries (eid, wid, webhook_id, target, url, status, next_attempt_at, created_at)
+                             VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?6)",
+                        )
+                        .bind(eid)
+                        .bind(r.wid)
+                        .bind(new_webhook_id())
+                        .bind(d.target.as_str())
+                        .bind(&d.url)
+                        .bind(created_at)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
+                }
+            }
+            applied.push(done);
+        }
+        tx.commit().await?;
+        Ok(applied)
+    }
+
+    async fn claim_due_deliveries(
+        &self,
+        now: Millis,
+        limit: u32,
+        lease_until: Millis,
+    ) -> Result<Vec<DueDelivery>> {
+        let mut tx = self.writer.begin().await?;
+        let rows = sqlx::query(&format!(
+            "UPDATE deliveries SET next_attempt_at = ?2, leased_until = ?2
+             WHERE did IN (SELECT did FROM deliveries WHERE status IN ('pending', 'retrying') AND next_attempt_at <= ?1
+                           ORDER BY next_attempt_at LIMIT ?3)
+             RETURNING {DELIVERY_COLS}"
+        ))
+        .bind(now)
+        .bind(lease_until)
+        .bind(limit as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        let deliveries = rows
+            .iter()
+            .map(delivery_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        let eids: Vec<i64> = deliveries.iter().map(|d| d.eid).collect();
+        let events: std::collections::HashMap<i64, (String, String)> = sqlx::query(
+            "SELECT eid, type, body FROM events WHERE eid IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(serde_json::to_string(&eids).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get("eid")?, (r.try_get("type")?, r.try_get("body")?))))
+        .collect::<Result<_>>()?;
+        tx.commit().await?;
+        deliveries
+            .into_iter()
+            .map(|d| {
+                let (event_type, body) = events.get(&d.eid).cloned().ok_or_else(|| {
+                    StoreError::Corrupt(format!("delivery {} has no event {}", d.did, d.eid))
+                })?;
+                Ok(DueDelivery {
+                    delivery: d,
+                    event_type,
+                    body,
+                })
+            })
+            .collect()
+    }
+
+    async fn record_attempts(&self, results: &[AttemptResult]) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        for r in results {
+            let a = &r.attempt;
+            sqlx::query(
+                "INSERT INTO attempts (did, at, status_code, error, duration_ms, response) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .bind(r.did)
+            .bind(a.at)
+            .bind(a.status_code)
+            .bind(&a.error)
+            .bind(a.duration_ms)
+            .bind(&a.response)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE deliveries SET status = ?2, attempts = attempts + 1, next_attempt_at = ?3, leased_until = NULL,
+                    last_status = ?4, last_error = ?5,
+                    delivered_at = CASE WHEN ?2 = 'delivered' THEN ?6 ELSE delivered_at END
+                 WHERE did = ?1",
+            )
+            .bind(r.did)
+            .bind(r.next.as_str())
+            .bind(r.next_attempt_at)
+            .bind(a.status_code)
+            .bind(&a.error)
+            .bind(a.at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn stop_deliveries_to(&self, url: &str) -> Result<u64> {
+        Ok(sqlx::query(
+            "UPDATE deliveries SET status = 'gone', next_attempt_at = NULL
+             WHERE url = ?1 AND status IN ('pending', 'retrying') AND leased_until IS NULL",
+        )
+        .bind(url)
+        .execute(&self.writer)
+        .await?
+        .rows_affected())
+    }
+
+    async fn deliveries_of_watch(&self, wid: i64) -> Result<Vec<DeliveryRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {DELIVERY_COLS} FROM deliveries WHERE wid = ?1 ORDER BY did"
+        ))
+        .bind(wid)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(delivery_from_row).collect()
+    }
+
+    async fn list_deliveries(
+        &self,
+        status: Option<DeliveryStatus>,
+        limit: u32,
+        after: Option<i64>,
+    ) -> Result<Vec<DeliveryRecord>> {
+        let mut q = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {DELIVERY_COLS} FROM deliveries WHERE true"
+        ));
+        if let Some(s) = status {
+            q.push(" AND status = ").push_bind(s.as_str());
+        }
+        if let Some(after) = after {
+            q.push(" AND did < ").push_bind(after);
+        }
+        q.push(" ORDER BY did DESC LIMIT ").push_bind(limit as i64);
+        let rows = q.build().fetch_all(&self.reader).await?;
+        rows.iter().map(delivery_from_row).collect()
+    }
+
+    async fn attempts_of(&self, did: i64) -> Result<Vec<AttemptRecord>> {
+        let rows = sqlx::query("SELECT at, status_code, error, duration_ms, response FROM attempts WHERE did = ?1 ORDER BY aid")
+            .bind(did)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(attempt_from_row).collect()
+    }
+
+    async fn retry_delivery(&self, did: i64, now: Millis) -> Result<Retried> {
+        let mut tx = self.writer.begin().await?;
+        let row = sqlx::query(&format!(
+            "UPDATE deliveries SET status = 'pending', next_attempt_at = ?2, leased_until = NULL
+             WHERE did = ?1 AND status IN ('dead', 'gone') RETURNING {DELIVERY_COLS}"
+        ))
+        .bind(did)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let result = match row {
+            Some(row) => Retried::Now(delivery_from_row(&row)?),
+            None => match sqlx::query(&format!(
+                "SELECT {DELIVERY_COLS} FROM deliveries WHERE did = ?1"
+            ))
+            .bind(did)
+            .fetch_optional(&mut *tx)
+            .await?
+            {
+                Some(row) => Retried::NotRetryable(delivery_from_row(&row)?),
+                None => Retried::Unknown,
+            },
+        };
+        tx.commit().await?;
+        Ok(result)
+    }
+
+    async fn next_delivery_at(&self) -> Result<Option<Millis>> {
+        Ok(sqlx::query_scalar(
+            "SELECT min(next_attempt_at) FROM deliveries WHERE status IN ('pending', 'retrying')",
+        )
+        .fetch_one(&self.reader)
+        .await?)
+    }
+
+    async fn counts(&self, now: Millis) -> Result<Counts> {
+        let running_by_state: Vec<(Option<String>, i64)> =
+            sqlx::query_as("SELECT state, count(*) FROM watches WHERE outcome IS NULL GROUP BY state ORDER BY state")
+                .fetch_all(&self.reader)
+                .await?;
+        let ended_by_outcome: Vec<(String, i64)> =
+            sqlx::query_as("SELECT outcome, count(*) FROM watches WHERE outcome IS NOT NULL GROUP BY outcome ORDER BY outcome")
+                .fetch_all(&self.reader)
+                .await?;
+        let overdue: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM watches WHERE outcome IS NULL AND next_poll_at < ?1",
+        )
+        .bind(now - 5_000)
+        .fetch_one(&self.reader)
+        .await?;
+        let oldest: Option<(String, String, i64)> = sqlx::query_as(
+            "SELECT kind, job_id, watched_at FROM watches WHERE outcome IS NULL ORDER BY watched_at, wid LIMIT 1",
+        )
+        .fetch_optional(&self.reader)
+        .await?;
+        let deliveries_by_status: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT status, count(*) FROM deliveries GROUP BY status ORDER BY status",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(Counts {
+            running: running_by_state.iter().map(|(_, n)| n).sum(),
+            running_by_state,
+            ended_by_outcome,
+            overdue,
+            oldest_running: oldest
+                .map(|(k, id, at)| {
+                    Ok::<_, StoreError>((k.parse().map_err(StoreError::Corrupt)?, id, at))
+                })
+                .transpose()?,
+            deliveries_by_status,
+        })
+    }
+
+    async fn prune(&self, before: Millis, limit: u32) -> Result<u64> {
+        Ok(sqlx::query(
+            "DELETE FROM watches WHERE wid IN (
+                SELECT w.wid FROM watches w WHERE w.outcome IS NOT NULL AND w.outcome_at < ?1
+                AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.wid = w.wid AND d.status IN ('pending', 'retrying'))
+                ORDER BY w.outcome_at LIMIT ?2)",
+        )
+        .bind(before)
+        .bind(limit as i64)
+        .execute(&self.writer)
+        .await?
+        .rows_affected())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.writer.close().await;
+        self.reader.close().await;
+    }
+}

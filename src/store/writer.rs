@@ -1,0 +1,119 @@
+//! Batches the poller's and the dispatcher's writes into few transactions.
+//!
+//! Producers send decided updates into a channel; one task takes whatever has
+//! piled up while the previous commit ran (no timer: batches grow with load and
+//! a lone update commits at once) and applies it in one transaction. A failed
+//! commit is retried until the store answers again; nothing is dropped. After
+//! each commit, `Signals` tell waiters which watches ended and the dispatcher
+//! that deliveries are queued.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc, Notify};
+
+use super::{AttemptResult, DynStore, WatchUpdate};
+
+/// Most writes per transaction.
+const MAX_BATCH: usize = 2048;
+
+/// What other parts of the daemon learn from commits.
+pub struct Signals {
+    /// Watch ids whose outcome was just stored (`?wait` listens).
+    pub finished: broadcast::Sender<i64>,
+    /// Deliveries were queued: the dispatcher should look.
+    pub deliveries: Notify,
+    /// Watches were posted: the poller should look.
+    pub watches: Notify,
+}
+
+impl Signals {
+    pub fn new() -> Arc<Signals> {
+        Arc::new(Signals {
+            finished: broadcast::channel(8192).0,
+            deliveries: Notify::new(),
+            watches: Notify::new(),
+        })
+    }
+
+    /// Announce what a committed batch of watch updates did.
+    pub fn watches_committed(&self, updates: &[WatchUpdate], applied: &[bool]) {
+        let mut queued = false;
+        for (u, ok) in updates.iter().zip(applied) {
+            if *ok && u.record.outcome.is_some() {
+                let _ = self.finished.send(u.record.wid);
+                queued |= u.event.as_ref().is_some_and(|e| !e.deliveries.is_empty());
+            }
+        }
+        if queued {
+            self.deliveries.notify_one();
+        }
+    }
+}
+
+pub enum Write {
+    Watch(WatchUpdate),
+    Attempt(AttemptResult),
+}
+
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<Write>,
+}
+
+impl Writer {
+    /// Queue a write; waits when the queue is full (backpressure on pollers).
+    pub async fn send(&self, w: Write) {
+        if self.tx.send(w).await.is_err() {
+            tracing::error!("the store writer has stopped; a write was not queued");
+        }
+    }
+}
+
+/// Start the writer task. It ends when every `Writer` is dropped and the queue is drained.
+pub fn spawn(store: DynStore, signals: Arc<Signals>) -> (Writer, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(MAX_BATCH * 2);
+    let handle = tokio::spawn(run(store, signals, rx));
+    (Writer { tx }, handle)
+}
+
+async fn run(store: DynStore, signals: Arc<Signals>, mut rx: mpsc::Receiver<Write>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let mut watches = Vec::new();
+        let mut attempts = Vec::new();
+        for w in batch.drain(..) {
+            match w {
+                Write::Watch(u) => watches.push(u),
+                Write::Attempt(a) => attempts.push(a),
+            }
+        }
+        if !watches.is_empty() {
+            let applied = retry("poll results", || store.apply_watch_updates(&watches)).await;
+            signals.watches_committed(&watches, &applied);
+        }
+        if !attempts.is_empty() {
+            retry("delivery attempts", || store.record_attempts(&attempts)).await;
+        }
+    }
+}
+
+/// Retry a write until the store takes it: a poll result or an attempt that was
+/// decided must not be lost to a passing disk or lock problem.
+async fn retry<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = super::Result<T>>,
+{
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) => {
+                tracing::error!(error = %e, what, retry_in_ms = delay.as_millis() as u64, "store write failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
