@@ -14,6 +14,7 @@ use crate::api::{self, AppState};
 use crate::config::Settings;
 use crate::poller::budget::{Budget, BudgetSettings};
 use crate::poller::Poller;
+use crate::store::pruner::Pruner;
 use crate::store::writer::{self, Signals};
 use crate::store::{self as store_mod, now_ms, redact_url, DynStore};
 use crate::upstream::UpstreamClient;
@@ -30,6 +31,8 @@ pub struct Daemon {
 impl Daemon {
     /// Open the store (creating and migrating it) and bind the listener.
     pub async fn build(settings: Settings) -> anyhow::Result<Daemon> {
+        // Before anything can count: events recorded earlier would be dropped.
+        crate::metrics::install();
         let store = store_mod::open(&settings.store.url)
             .await
             .with_context(|| format!("opening the store at {}", redact_url(&settings.store.url)))?;
@@ -95,6 +98,8 @@ impl Daemon {
         let loops = TaskTracker::new();
         loops.spawn(poller.run(shutdown.clone(), tasks.clone()));
         loops.spawn(dispatcher.run(shutdown.clone(), tasks.clone()));
+        let pruner = Arc::new(Pruner::new(store.clone(), settings.store.retention));
+        loops.spawn(pruner.run(shutdown.clone()));
 
         let state = Arc::new(AppState {
             store: store.clone(),
@@ -113,9 +118,13 @@ impl Daemon {
 
         // Drain: the loops stop claiming; what was sent finishes within the grace.
         loops.close();
-        loops.wait().await;
-        tasks.close();
         let grace = settings.api.shutdown_grace;
+        // A loop is inside one store call at most; bounded all the same, so that a
+        // store that hangs cannot hold the exit (nothing acknowledged depends on it).
+        if tokio::time::timeout(grace, loops.wait()).await.is_err() {
+            tracing::warn!("a background loop did not stop within the grace");
+        }
+        tasks.close();
         if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
             tracing::warn!(
                 grace_ms = grace.as_millis() as u64,
@@ -126,7 +135,9 @@ impl Daemon {
         if tokio::time::timeout(grace, writer_done).await.is_err() {
             tracing::warn!("queued writes were not committed within the grace; they will be redone after restart");
         }
-        store.close().await;
+        if tokio::time::timeout(grace, store.close()).await.is_err() {
+            tracing::warn!("the store did not close within the grace");
+        }
         tracing::info!("jobwatch stopped");
         served.context("serving HTTP")
     }
@@ -147,10 +158,12 @@ pub fn cancel_on_signals(token: CancellationToken) {
         };
         #[cfg(not(unix))]
         let term = std::future::pending::<()>();
-        tokio::select! {
-            _ = ctrl_c => tracing::info!("SIGINT: shutting down"),
-            _ = term => tracing::info!("SIGTERM: shutting down"),
-        }
+        let signal = tokio::select! {
+            _ = ctrl_c => "SIGINT",
+            _ = term => "SIGTERM",
+        };
+        // Cancel first: logging can fail (a full disk under the log file).
         token.cancel();
+        tracing::info!("{signal}: shutting down");
     });
 }

@@ -8,7 +8,10 @@
 
 pub mod api;
 pub mod app;
+pub mod bench;
+pub mod cli;
 pub mod config;
+pub mod metrics;
 pub mod model;
 pub mod poller;
 pub mod simulator;

@@ -4,10 +4,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use jobwatch::app::{cancel_on_signals, Daemon};
+use jobwatch::cli::{self, CliError};
 use jobwatch::config::Settings;
 use jobwatch::simulator::{SimulateArgs, Simulator};
 use jobwatch::telemetry;
@@ -16,7 +18,8 @@ use jobwatch::telemetry;
 #[command(
     name = "jobwatch",
     version,
-    about = "Watches asynchronous jobs on an upstream API and delivers their outcomes as signed webhooks"
+    about = "Watches asynchronous jobs on an upstream API and delivers their outcomes as signed webhooks",
+    after_help = "Start with `jobwatch demo`: the simulator, the daemon and a webhook receiver in one command."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -33,10 +36,40 @@ enum Command {
     },
     /// Run a local stand-in for the upstream (Vector API v2).
     Simulate(SimulateArgs),
+    /// The one-command tour: simulator, daemon and a verifying webhook receiver, a few
+    /// hundred sample jobs, live progress; the API stays up until Ctrl-C.
+    #[command(after_help = cli::demo::DEMO_HELP)]
+    Demo(cli::DemoArgs),
+    /// Start watching jobs on a running daemon (POST /v1/jobs).
+    #[command(after_help = cli::REQUEST_EXIT_CODES_HELP)]
+    Watch(cli::WatchArgs),
+    /// Wait until jobs end, like `wait_for_completion`; the exit code says how they ended.
+    #[command(after_help = cli::EXIT_CODES_HELP)]
+    Wait(cli::WaitArgs),
+    /// The daemon's aggregated status as a table (GET /v1/status); --json for scripts.
+    #[command(after_help = cli::REQUEST_EXIT_CODES_HELP)]
+    Status(cli::StatusArgs),
+    /// Exit 0 when the daemon answers GET /healthz (or /readyz with --ready), 1 otherwise:
+    /// for container health checks.
+    Healthcheck(cli::HealthcheckArgs),
+    /// Measure jobwatch against this machine's limits: the simulator, the daemon as a
+    /// separate process and a webhook receiver; see BENCHMARKS.md.
+    Bench(jobwatch::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // clap exits 2 on a usage error, which `wait` uses for "timed out": usage
+            // errors are 64 (EX_USAGE) instead, for every command.
+            return match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+                _ => ExitCode::from(cli::code::USAGE),
+            };
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -48,13 +81,23 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match cli.command {
-            Command::Serve { config } => serve(config).await,
-            Command::Simulate(args) => simulate(args).await,
-        }
+        let client = match cli.command {
+            Command::Serve { config } => return serve(config).await.map(|()| 0),
+            Command::Simulate(args) => return simulate(args).await.map(|()| 0),
+            Command::Demo(args) => return cli::demo::demo(args).await,
+            Command::Bench(args) => return jobwatch::bench::run(args).await,
+            Command::Watch(args) => cli::watch(args).await,
+            Command::Wait(args) => cli::wait(args).await,
+            Command::Status(args) => cli::status(args).await,
+            Command::Healthcheck(args) => cli::healthcheck(args).await,
+        };
+        Ok(client.unwrap_or_else(|e: CliError| {
+            eprintln!("jobwatch: {e}");
+            e.exit_code()
+        }))
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("jobwatch: {e:#}");
             ExitCode::FAILURE

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 /// Which status endpoint a watch polls.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     Copy,
@@ -44,7 +44,7 @@ impl FromStr for Kind {
 }
 
 /// How a watch ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Succeeded,
@@ -137,10 +137,9 @@ pub fn check_id(id: &str) -> Result<(), String> {
         return Err("an id is empty".into());
     }
     if id.len() > 256 {
-        return Err(format!(
-            "id {:?}... is longer than 256 characters",
-            &id[..32]
-        ));
+        // Cut on a character boundary: ids from clients may hold any UTF-8.
+        let head: String = id.chars().take(32).collect();
+        return Err(format!("id {head:?}... is longer than 256 characters"));
     }
     if let Some(c) = id
         .chars()

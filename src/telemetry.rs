@@ -11,7 +11,10 @@ pub fn init(settings: &LogSettings) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // A failed write (the log's disk is full) would otherwise be reported with
+        // `eprintln!`, which panics: the task that logged would die with it.
+        .log_internal_errors(false);
     // A second init (tests, the demo) keeps the first subscriber.
     let _ = match settings.format {
         LogFormat::Text => builder.try_init(),

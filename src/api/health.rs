@@ -13,12 +13,30 @@ pub fn routes() -> Router<SharedState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
 }
 
+/// The process answers.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    responses((status = 200, description = "Alive.", body = super::openapi::Health)),
+)]
 async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
+/// The store answers and the upstream credentials are not known bad.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    responses(
+        (status = 200, description = "Ready.", body = super::openapi::Ready),
+        (status = 503, description = "Not ready: `problems` says why.", body = super::openapi::Ready),
+    ),
+)]
 async fn readyz(State(state): State<SharedState>) -> (StatusCode, Json<Value>) {
     let mut problems = Vec::new();
     if let Err(e) = state.store.ping().await {
@@ -37,4 +55,34 @@ async fn readyz(State(state): State<SharedState>) -> (StatusCode, Json<Value>) {
             Json(json!({"status": "not_ready", "problems": problems})),
         )
     }
+}
+
+/// Prometheus metrics (text exposition format 0.0.4): the process's counters and
+/// histograms, then this daemon's levels read now (see `crate::metrics`).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "The metrics; `jobwatch_store_up` is 0 when the store did not answer.", content_type = "text/plain", body = String)),
+)]
+async fn metrics(State(state): State<SharedState>) -> impl axum::response::IntoResponse {
+    let counts = match state.store.counts(crate::store::now_ms()).await {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics: the store does not answer");
+            None
+        }
+    };
+    let body = crate::metrics::render(
+        crate::metrics::install(),
+        counts.as_ref(),
+        &state.budget.health(),
+    );
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        body,
+    )
 }

@@ -39,6 +39,21 @@ struct CreateBody {
 /// Longest deadline a POST may ask for: ten years.
 const MAX_TIMEOUT_SECONDS: f64 = 10.0 * 365.0 * 86_400.0;
 
+/// Start watching jobs. Answers only after the watches are durably stored.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs",
+    tag = "jobs",
+    request_body(content = super::openapi::CreateJobsRequest, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Stored: how many watches are new and how many were already running.", body = super::openapi::JobsAccepted),
+        (status = 400, description = "The body is not JSON, not an object of the documented fields, or lacks `kind` or `ids` (codes malformed_json, invalid_body, missing_kind, missing_ids, unreadable_body).", body = super::openapi::ErrorBody),
+        (status = 401, description = "api.token is set and the request lacks `Authorization: Bearer <api.token>` (code unauthorized).", body = super::openapi::ErrorBody),
+        (status = 413, description = "The body is larger than api.max_body_bytes (code body_too_large).", body = super::openapi::ErrorBody),
+        (status = 422, description = "A value is not allowed (codes unknown_kind, empty_ids, too_many_ids, invalid_id, invalid_webhook_url, webhook_secret_missing, invalid_timeout, invalid_metadata).", body = super::openapi::ErrorBody),
+        (status = 503, description = "The store could not complete the request; nothing was changed by it (code store_unavailable).", body = super::openapi::ErrorBody),
+    ),
+)]
 async fn create(
     State(state): State<SharedState>,
     body: Result<Bytes, BytesRejection>,
@@ -177,7 +192,9 @@ async fn create(
         first_poll_spread: 2 * jitter + 1,
         interval_ms: initial,
     };
+    let started = std::time::Instant::now();
     let ingested = state.store.insert_watches(&new).await?;
+    crate::metrics::store_write("insert_watches", started.elapsed());
     if ingested.new > 0 {
         state.signals.watches.notify_one();
     }
@@ -206,6 +223,25 @@ struct ShowQuery {
     wait: Option<f64>,
 }
 
+/// A watch and its webhook deliveries; with `?wait=SECONDS`, once it has an outcome
+/// or the time is up (the HTTP form of `wait_for_completion(timeout)`).
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{kind}/{id}",
+    tag = "jobs",
+    params(
+        ("kind" = crate::model::Kind, Path, description = "The upstream job's kind."),
+        ("id" = super::openapi::JobId, Path, description = "The upstream job's id."),
+        ("wait" = Option<f64>, Query, minimum = 0.0, description = "Hold the request until the watch has an outcome or this many seconds passed (cut to api.max_wait)."),
+    ),
+    responses(
+        (status = 200, description = "The watch (with an outcome, unless it still runs when the wait ends).", body = super::openapi::WatchWithDeliveries),
+        (status = 400, description = "Unknown kind, an id outside the allowed form, or a bad `wait` (codes unknown_kind, invalid_id, invalid_wait, invalid_query).", body = super::openapi::ErrorBody),
+        (status = 401, description = "api.token is set and the request lacks `Authorization: Bearer <api.token>` (code unauthorized).", body = super::openapi::ErrorBody),
+        (status = 404, description = "No watch of this job (code watch_not_found).", body = super::openapi::ErrorBody),
+        (status = 503, description = "The store could not complete the request; nothing was changed by it (code store_unavailable).", body = super::openapi::ErrorBody),
+    ),
+)]
 async fn show(
     State(state): State<SharedState>,
     Path((kind, id)): Path<(String, String)>,
@@ -216,7 +252,8 @@ async fn show(
     let wait = match query.wait {
         None => Duration::ZERO,
         Some(w) if w.is_finite() && w >= 0.0 => {
-            Duration::from_secs_f64(w).min(state.settings.api.max_wait)
+            // Cut before converting: a huge wait would overflow a Duration.
+            Duration::from_secs_f64(w.min(state.settings.api.max_wait.as_secs_f64()))
         }
         Some(w) => {
             return Err(ApiError::bad_request(
@@ -266,6 +303,26 @@ struct ListQuery {
 
 const MAX_PAGE: u32 = 1000;
 
+/// A page of watches, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs",
+    tag = "jobs",
+    params(
+        ("kind" = Option<crate::model::Kind>, Query, description = "Only watches of this kind."),
+        ("state" = Option<String>, Query, description = "Only watches whose last reported state is this (e.g. RUNNING)."),
+        ("outcome" = Option<crate::model::Outcome>, Query, description = "Only watches that ended so."),
+        ("running" = Option<bool>, Query, description = "Only running (true) or only ended (false) watches."),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size, 100 by default."),
+        ("cursor" = Option<String>, Query, pattern = "^([0-9]{1,15}\\.[0-9]{1,15})?$", description = "`next_cursor` of the previous page."),
+    ),
+    responses(
+        (status = 200, description = "One page; `next_cursor` is null on the last.", body = super::openapi::WatchPage),
+        (status = 400, description = "A filter is not allowed (codes invalid_query, unknown_kind, unknown_outcome, invalid_limit, invalid_cursor).", body = super::openapi::ErrorBody),
+        (status = 401, description = "api.token is set and the request lacks `Authorization: Bearer <api.token>` (code unauthorized).", body = super::openapi::ErrorBody),
+        (status = 503, description = "The store could not complete the request; nothing was changed by it (code store_unavailable).", body = super::openapi::ErrorBody),
+    ),
+)]
 async fn list(
     State(state): State<SharedState>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
@@ -320,6 +377,24 @@ async fn list(
     })))
 }
 
+/// Stop watching: the watch ends `cancelled` (no event is sent for it).
+#[utoipa::path(
+    delete,
+    path = "/v1/jobs/{kind}/{id}",
+    tag = "jobs",
+    params(
+        ("kind" = crate::model::Kind, Path, description = "The upstream job's kind."),
+        ("id" = super::openapi::JobId, Path, description = "The upstream job's id."),
+    ),
+    responses(
+        (status = 200, description = "The watch, now cancelled.", body = super::openapi::Watch),
+        (status = 400, description = "Unknown kind or an id outside the allowed form (codes unknown_kind, invalid_id).", body = super::openapi::ErrorBody),
+        (status = 401, description = "api.token is set and the request lacks `Authorization: Bearer <api.token>` (code unauthorized).", body = super::openapi::ErrorBody),
+        (status = 404, description = "No watch of this job (code watch_not_found).", body = super::openapi::ErrorBody),
+        (status = 409, description = "The watch already ended (code already_ended).", body = super::openapi::ErrorBody),
+        (status = 503, description = "The store could not complete the request; nothing was changed by it (code store_unavailable).", body = super::openapi::ErrorBody),
+    ),
+)]
 async fn cancel(
     State(state): State<SharedState>,
     Path((kind, id)): Path<(String, String)>,

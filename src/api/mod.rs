@@ -5,6 +5,7 @@
 pub mod error;
 mod health;
 mod jobs;
+pub mod openapi;
 mod status;
 
 use std::sync::Arc;
@@ -48,6 +49,7 @@ pub fn router(state: SharedState) -> Router {
     Router::new()
         .merge(v1)
         .merge(health::routes())
+        .merge(openapi::routes())
         .layer(DefaultBodyLimit::max(state.settings.api.max_body_bytes))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let route = req

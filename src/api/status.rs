@@ -23,6 +23,17 @@ pub fn routes() -> Router<SharedState> {
         .route("/v1/deliveries/{id}/retry", post(retry_delivery))
 }
 
+/// The aggregate: watches by state and outcome, upstream health, webhook backlog.
+#[utoipa::path(
+    get,
+    path = "/v1/status",
+    tag = "operations",
+    responses(
+        (status = 200, description = "The aggregate status.", body = super::openapi::StatusBody),
+        (status = 401, description = "api.token is set and the request lacks `Authorization: Bearer <api.token>` (code unauthorized).", body = super::openapi::ErrorBody),
+        (status = 503, description = "The store could not complete the request; nothing was changed by it (code store_unavailable).", body = super::openapi::ErrorBody),
+    ),
+)]
 async fn status(State(state): State<SharedState>) -> ApiResult<Json<Value>> {
     let now = now_ms();
     let counts = state.store.counts(now).await?;
@@ -73,6 +84,23 @@ struct DeliveriesQuery {
     cursor: Option<i64>,
 }
 
+/// Webhook deliveries, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/deliveries",
+    tag = "deliveries",
+    params(
+        ("status" = Option<String>, Query, pattern = "^(pending|retrying|delivered|dead|gone)?$", description = "Only deliveries in this status (empty: all)."),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Page size, 100 by default."),
+        ("cursor" = Option<i64>, Query, description = "`next_cursor` of the previous page."),
+    ),
+    responses(
+        (status = 200, description = "One page; `next_cursor` is null on the last.", body = super::openapi::DeliveryPage),
+        (status = 400, description = "A filter is not allowed (codes invalid_query, unknown_status, invalid_limit).", body = super::openapi::ErrorBody),
+        (status = 401, description = "api.token is set and the request lacks `Authorization: Bearer <api.token>` (code unauthorized).", body = super::openapi::ErrorBody),
+        (status = 503, description = "The store could not complete the request; nothing was changed by it (code store_unavailable).", body = super::openapi::ErrorBody),
+    ),
+)]
 async fn list_deliveries(
     State(state): State<SharedState>,
     query: Result<Query<DeliveriesQuery>, axum::extract::rejection::QueryRejection>,
@@ -119,12 +147,26 @@ fn parse_delivery_id(raw: &str) -> ApiResult<i64> {
     })
 }
 
+/// One delivery with every attempt made.
+#[utoipa::path(
+    get,
+    path = "/v1/deliveries/{id}",
+    tag = "deliveries",
+    params(("id" = i64, Path, description = "The delivery's id.")),
+    responses(
+        (status = 200, description = "The delivery and its attempts.", body = super::openapi::DeliveryDetail),
+        (status = 400, description = "The id is not a number (code invalid_delivery_id).", body = super::openapi::ErrorBody),
+        (status = 401, description = "api.token is set and the request lacks `Authorization: Bearer <api.token>` (code unauthorized).", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such delivery (code delivery_not_found).", body = super::openapi::ErrorBody),
+        (status = 503, description = "The store could not complete the request; nothing was changed by it (code store_unavailable).", body = super::openapi::ErrorBody),
+    ),
+)]
 async fn show_delivery(
     State(state): State<SharedState>,
     Path(raw): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let did = parse_delivery_id(&raw)?;
-    let found = state.store.list_deliveries(None, 1, Some(did + 1)).await?;
+    let found = state.store.list_deliveries(None, 1, Some(did.saturating_add(1))).await?;
     let d = found
         .into_iter()
         .find(|d| d.did == did)
@@ -146,6 +188,21 @@ async fn show_delivery(
     Ok(Json(body))
 }
 
+/// Send a dead (or gone) delivery again: one more attempt, right away.
+#[utoipa::path(
+    post,
+    path = "/v1/deliveries/{id}/retry",
+    tag = "deliveries",
+    params(("id" = i64, Path, description = "The delivery's id.")),
+    responses(
+        (status = 202, description = "Queued again.", body = super::openapi::Delivery),
+        (status = 400, description = "The id is not a number (code invalid_delivery_id).", body = super::openapi::ErrorBody),
+        (status = 401, description = "api.token is set and the request lacks `Authorization: Bearer <api.token>` (code unauthorized).", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such delivery (code delivery_not_found).", body = super::openapi::ErrorBody),
+        (status = 409, description = "Only dead or gone deliveries can be sent again (code not_retryable).", body = super::openapi::ErrorBody),
+        (status = 503, description = "The store could not complete the request; nothing was changed by it (code store_unavailable).", body = super::openapi::ErrorBody),
+    ),
+)]
 async fn retry_delivery(
     State(state): State<SharedState>,
     Path(raw): Path<String>,

@@ -6,10 +6,13 @@
 //! answer to [`Budget::observe`]; nothing else may talk to the upstream.
 
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use governor::clock::Clock;
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
 use serde::Serialize;
 use tokio::sync::{Notify, Semaphore, SemaphorePermit};
 use tokio::time::Instant;
@@ -33,6 +36,27 @@ pub struct BudgetSettings {
 /// Seconds of history kept for the rates and ratios in status.
 const WINDOW_SECS: usize = 60;
 
+/// While a probe is out, the others look again this often (a probe that gets no
+/// answer at all is also noticed by its slot being dropped).
+const PROBE_RECHECK: Duration = Duration::from_millis(250);
+
+/// governor on tokio's clock: the rate, the pauses and the probes then run on one
+/// clock, and tests can drive all of them with `tokio::time::pause`.
+#[derive(Debug, Clone)]
+struct TokioClock {
+    base: Instant,
+}
+
+impl Clock for TokioClock {
+    type Instant = Duration;
+
+    fn now(&self) -> Duration {
+        Instant::now().saturating_duration_since(self.base)
+    }
+}
+
+type Limiter = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Duration>>;
+
 #[derive(Debug, Clone, Copy, Default)]
 struct Bucket {
     second: u64,
@@ -41,7 +65,7 @@ struct Bucket {
     limited: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Credentials {
     /// No answer yet.
@@ -54,11 +78,17 @@ pub enum Credentials {
 struct Inner {
     paused_until: Option<Instant>,
     rate: f64,
-    limiter: Arc<DefaultDirectRateLimiter>,
+    limiter: Limiter,
     last_rate_change: Instant,
+    /// When the rate was last lowered for a bare 429: the 429s of requests sent
+    /// before it are echoes of the same overload and do not lower it again.
+    last_backoff: Option<Instant>,
     bare_429_streak: u32,
     credentials: Credentials,
     credentials_status: Option<u16>,
+    /// When the credentials were last found bad: only an answer to a request sent
+    /// after it says they work again.
+    rejected_at: Instant,
     probing: bool,
     next_probe_at: Instant,
     window: [Bucket; WINDOW_SECS],
@@ -70,7 +100,11 @@ struct Inner {
 
 pub struct Budget {
     settings: BudgetSettings,
+    clock: TokioClock,
     slots: Semaphore,
+    /// One waiter at a time asks for a token, in arrival order; the others queue
+    /// here instead of all waking up for every token.
+    turn: tokio::sync::Mutex<()>,
     inner: Mutex<Inner>,
     changed: Notify,
     started: Instant,
@@ -80,7 +114,16 @@ pub struct Budget {
 pub struct Slot<'a> {
     budget: &'a Budget,
     probe: bool,
+    /// When the request was let go: tells a fresh answer from an echo of an older state.
+    issued: Instant,
     _permit: SemaphorePermit<'a>,
+}
+
+impl Slot<'_> {
+    /// Is this request the one probe that checks bad credentials?
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
 }
 
 impl Drop for Slot<'_> {
@@ -97,17 +140,26 @@ impl Drop for Slot<'_> {
     }
 }
 
-fn limiter(rate: f64, burst: u32) -> Arc<DefaultDirectRateLimiter> {
+/// A limiter of `rate` per second with `burst`; `full` says whether the burst is
+/// available at once (at start) or must accrue (after a rate change, so that a
+/// change never hands out an extra burst).
+fn limiter(rate: f64, burst: u32, clock: &TokioClock, full: bool) -> Limiter {
     let period = Duration::from_secs_f64(1.0 / rate.max(0.001));
     let burst = NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN);
     let quota = Quota::with_period(period)
         .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
         .allow_burst(burst);
-    Arc::new(RateLimiter::direct(quota))
+    let l = RateLimiter::direct_with_clock(quota, clock.clone());
+    if !full {
+        // A fresh limiter has its whole burst: spend it.
+        let _ = l.check_n(burst);
+    }
+    l
 }
 
 enum Gate {
     Open,
+    /// Credentials are bad and this request may be the probe.
     Probe,
     Wait(Instant),
 }
@@ -115,16 +167,25 @@ enum Gate {
 impl Budget {
     pub fn new(settings: BudgetSettings) -> Budget {
         let now = Instant::now();
+        let clock = TokioClock { base: now };
         Budget {
             slots: Semaphore::new(settings.max_in_flight),
+            turn: tokio::sync::Mutex::new(()),
             inner: Mutex::new(Inner {
                 paused_until: None,
                 rate: settings.max_requests_per_second,
-                limiter: limiter(settings.max_requests_per_second, settings.burst),
+                limiter: limiter(
+                    settings.max_requests_per_second,
+                    settings.burst,
+                    &clock,
+                    true,
+                ),
                 last_rate_change: now,
+                last_backoff: None,
                 bare_429_streak: 0,
                 credentials: Credentials::Unknown,
                 credentials_status: None,
+                rejected_at: now,
                 probing: false,
                 next_probe_at: now,
                 window: [Bucket::default(); WINDOW_SECS],
@@ -134,6 +195,7 @@ impl Budget {
                 paused_ms_total: 0,
             }),
             changed: Notify::new(),
+            clock,
             settings,
             started: now,
         }
@@ -144,27 +206,28 @@ impl Budget {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn gate(&self, inner: &mut Inner, now: Instant, probe_held: bool) -> Gate {
+    fn gate(inner: &Inner, now: Instant) -> Gate {
         if let Some(until) = inner.paused_until {
             if until > now {
                 return Gate::Wait(until);
             }
         }
         if inner.credentials == Credentials::Rejected {
-            if probe_held {
+            if inner.probing {
+                return Gate::Wait(now + PROBE_RECHECK);
+            }
+            if now >= inner.next_probe_at {
                 return Gate::Probe;
             }
-            if !inner.probing && now >= inner.next_probe_at {
-                inner.probing = true;
-                return Gate::Probe;
-            }
-            return Gate::Wait(inner.next_probe_at.max(now + Duration::from_millis(250)));
+            return Gate::Wait(inner.next_probe_at);
         }
         Gate::Open
     }
 
     /// Wait until a request may leave: an in-flight slot, no pause, credentials not
-    /// known bad (or this request is the probe), and a token of the rate.
+    /// known bad (or this request is the probe), and a token of the rate. The gate
+    /// and the token are checked together under one lock, and the caller sends
+    /// right away: a pause that began while we waited holds this request too.
     pub async fn acquire(&self) -> Slot<'_> {
         // The semaphore is never closed, so acquire cannot fail.
         let permit = match self.slots.acquire().await {
@@ -174,40 +237,34 @@ impl Budget {
         let mut slot = Slot {
             budget: self,
             probe: false,
+            issued: Instant::now(),
             _permit: permit,
         };
+        let _turn = self.turn.lock().await;
         loop {
-            let waited = {
+            // Registered before the state is read, so no change can slip between.
+            let changed = self.changed.notified();
+            let until = {
                 let mut inner = self.lock();
-                match self.gate(&mut inner, Instant::now(), slot.probe) {
-                    Gate::Open => None,
-                    Gate::Probe => {
-                        slot.probe = true;
-                        None
-                    }
-                    Gate::Wait(until) => Some(until),
+                let now = Instant::now();
+                match Self::gate(&inner, now) {
+                    Gate::Wait(until) => until,
+                    gate => match inner.limiter.check() {
+                        Ok(()) => {
+                            if matches!(gate, Gate::Probe) {
+                                inner.probing = true;
+                                slot.probe = true;
+                            }
+                            slot.issued = now;
+                            return slot;
+                        }
+                        Err(not_until) => now + not_until.wait_time_from(self.clock.now()),
+                    },
                 }
             };
-            if let Some(until) = waited {
-                let notified = self.changed.notified();
-                tokio::select! {
-                    _ = tokio::time::sleep_until(until) => {}
-                    _ = notified => {}
-                }
-                continue;
-            }
-            let limiter = self.lock().limiter.clone();
-            limiter.until_ready().await;
-            // A pause may have begun while we waited for the token: look again,
-            // with no await between this check and the send.
-            let mut inner = self.lock();
-            match self.gate(&mut inner, Instant::now(), slot.probe) {
-                Gate::Open => return slot,
-                Gate::Probe => {
-                    slot.probe = true;
-                    return slot;
-                }
-                Gate::Wait(_) => continue,
+            tokio::select! {
+                () = tokio::time::sleep_until(until) => {}
+                () = changed => {}
             }
         }
     }
@@ -239,28 +296,40 @@ impl Budget {
                 let pause = match retry_after {
                     Some(d) => {
                         inner.bare_429_streak = 0;
-                        (*d).clamp(s.min_retry_after, s.max_retry_after)
+                        Some((*d).clamp(s.min_retry_after, s.max_retry_after))
                     }
+                    // Sent before we last backed off: the same overload, already answered.
+                    None if inner.last_backoff.is_some_and(|at| slot.issued < at) => None,
                     None => {
                         // No hint: back off globally and lower the rate.
                         inner.bare_429_streak += 1;
+                        inner.last_backoff = Some(now);
                         let floor = s.max_requests_per_second / 20.0;
                         let rate = (inner.rate / 2.0).max(floor);
-                        self.set_rate(&mut inner, rate, now);
+                        wake |= self.set_rate(&mut inner, rate, now);
                         let exp = inner.bare_429_streak.saturating_sub(1).min(16);
-                        s.min_retry_after
-                            .saturating_mul(1 << exp)
-                            .min(s.max_retry_after)
+                        Some(
+                            s.min_retry_after
+                                .saturating_mul(1 << exp)
+                                .min(s.max_retry_after),
+                        )
                     }
                 };
-                let until = now + pause;
-                if inner.paused_until.is_none_or(|p| p < until) {
-                    let counted_from = inner.paused_until.filter(|p| *p > now).unwrap_or(now);
-                    inner.paused_ms_total += until.duration_since(counted_from).as_millis() as u64;
-                    inner.paused_until = Some(until);
+                if let Some(pause) = pause {
+                    let until = now + pause;
+                    if inner.paused_until.is_none_or(|p| p < until) {
+                        let counted_from = inner.paused_until.filter(|p| *p > now).unwrap_or(now);
+                        inner.paused_ms_total +=
+                            until.duration_since(counted_from).as_millis() as u64;
+                        crate::metrics::upstream_paused(until.duration_since(counted_from));
+                        inner.paused_until = Some(until);
+                    }
                 }
             }
             PollAnswer::Unauthorized { status } => {
+                if inner.credentials != Credentials::Rejected {
+                    inner.rejected_at = now;
+                }
                 inner.credentials = Credentials::Rejected;
                 inner.credentials_status = Some(*status);
                 inner.next_probe_at = now + s.auth_probe_interval;
@@ -274,7 +343,12 @@ impl Budget {
                 }
             }
             PollAnswer::Status(_) | PollAnswer::NotFound | PollAnswer::Rejected { .. } => {
-                if inner.credentials != Credentials::Ok {
+                // An answer to a request sent before the credentials went bad says
+                // nothing about them now.
+                let fresh = was_probe || slot.issued >= inner.rejected_at;
+                if inner.credentials != Credentials::Ok
+                    && (inner.credentials == Credentials::Unknown || fresh)
+                {
                     wake = true;
                     inner.credentials = Credentials::Ok;
                     inner.credentials_status = None;
@@ -284,7 +358,7 @@ impl Budget {
                     && now.duration_since(inner.last_rate_change) >= s.rate_recovery_step
                 {
                     let rate = (inner.rate * 1.25).min(s.max_requests_per_second);
-                    self.set_rate(&mut inner, rate, now);
+                    wake |= self.set_rate(&mut inner, rate, now);
                 }
             }
         }
@@ -294,12 +368,16 @@ impl Budget {
         }
     }
 
-    fn set_rate(&self, inner: &mut Inner, rate: f64, now: Instant) {
-        if (rate - inner.rate).abs() > f64::EPSILON {
-            inner.rate = rate;
-            inner.limiter = limiter(rate, self.settings.burst.min(rate.ceil().max(1.0) as u32));
-            inner.last_rate_change = now;
+    /// Change the allowed rate; says whether it changed.
+    fn set_rate(&self, inner: &mut Inner, rate: f64, now: Instant) -> bool {
+        if (rate - inner.rate).abs() <= f64::EPSILON {
+            return false;
         }
+        inner.rate = rate;
+        let burst = self.settings.burst.min(rate.ceil().max(1.0) as u32);
+        inner.limiter = limiter(rate, burst, &self.clock, false);
+        inner.last_rate_change = now;
+        true
     }
 
     /// Are the upstream credentials known bad?
@@ -352,7 +430,7 @@ impl Budget {
 }
 
 /// Upstream health as `GET /v1/status` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct UpstreamHealth {
     /// Set while a 429/503 pause is in force: no request leaves before it.
     pub paused_until: Option<String>,
@@ -372,7 +450,10 @@ pub struct UpstreamHealth {
 
 #[cfg(test)]
 mod tests {
+    //! On tokio's paused clock: the budget (governor included) runs on it, so every
+    //! wait below is exact and takes no real time.
     use super::*;
+    use crate::upstream::JobStatus;
 
     fn settings() -> BudgetSettings {
         BudgetSettings {
@@ -386,86 +467,374 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    fn limited(retry_after: Option<Duration>) -> PollAnswer {
+        PollAnswer::RateLimited {
+            status: 429,
+            retry_after,
+        }
+    }
+
+    fn ok() -> PollAnswer {
+        PollAnswer::Status(JobStatus::default())
+    }
+
+    /// The times (from `t0`) at which `n` acquisitions in a row get through.
+    async fn acquisitions(b: &Budget, n: usize, t0: Instant) -> Vec<Duration> {
+        let mut at = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut slot = b.acquire().await;
+            at.push(t0.elapsed());
+            b.observe(&mut slot, &ok());
+        }
+        at
+    }
+
+    /// The most entries of `at` (sorted) in any window `[t, t + len)`.
+    fn busiest_window(at: &[Duration], len: Duration) -> usize {
+        let mut best = 0;
+        let mut lo = 0;
+        for hi in 0..at.len() {
+            while at[hi] - at[lo] >= len {
+                lo += 1;
+            }
+            best = best.max(hi - lo + 1);
+        }
+        best
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_allows_the_burst_then_the_steady_rate_and_no_more() {
+        let b = Budget::new(BudgetSettings {
+            max_requests_per_second: 50.0,
+            burst: 5,
+            ..settings()
+        });
+        let t0 = Instant::now();
+        let at = acquisitions(&b, 155, t0).await;
+        assert!(at[..5].iter().all(|d| d.is_zero()), "the burst: {at:?}");
+        assert_eq!(at[5], Duration::from_millis(20), "then one per 20 ms");
+        assert_eq!(at[154], Duration::from_millis(3000));
+        assert!(busiest_window(&at, Duration::from_secs(1)) <= 55);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_more_than_max_in_flight_requests_at_once() {
+        let b = Budget::new(settings());
+        let slots = vec![
+            b.acquire().await,
+            b.acquire().await,
+            b.acquire().await,
+            b.acquire().await,
+        ];
+        assert_eq!(b.health().in_flight, 4);
+        let fifth = tokio::time::timeout(Duration::from_secs(60), b.acquire()).await;
+        assert!(fifth.is_err(), "a fifth request waits for a slot");
+        drop(slots);
+        let _fifth = b.acquire().await;
+        assert_eq!(b.health().in_flight, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_429_with_retry_after_closes_the_gate_until_then() {
         let b = Budget::new(settings());
         let mut slot = b.acquire().await;
-        b.observe(
-            &mut slot,
-            &PollAnswer::RateLimited {
-                status: 429,
-                retry_after: Some(Duration::from_millis(300)),
-            },
-        );
+        b.observe(&mut slot, &limited(Some(Duration::from_millis(300))));
         drop(slot);
         assert!(b.is_paused());
+        assert!(b.health().paused_until.is_some());
         let t = Instant::now();
+        let early = tokio::time::timeout(Duration::from_millis(299), b.acquire()).await;
+        assert!(early.is_err(), "nothing leaves during the pause");
         let _slot = b.acquire().await;
-        assert!(
-            t.elapsed() >= Duration::from_millis(290),
-            "waited {:?}",
-            t.elapsed()
+        assert_eq!(t.elapsed(), Duration::from_millis(300));
+        assert!(!b.is_paused());
+        let h = b.health();
+        assert_eq!(h.paused_until, None);
+        assert_eq!(h.rate_limited_last_minute, 1);
+        assert_eq!(h.total_rate_limited, 1);
+        assert_eq!(
+            h.allowed_rate, 1000.0,
+            "a 429 with Retry-After keeps the rate"
         );
     }
 
-    #[tokio::test]
-    async fn retry_after_is_clamped() {
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_also_holds_requests_that_were_already_waiting_for_a_token() {
+        let b = Budget::new(BudgetSettings {
+            max_requests_per_second: 10.0,
+            burst: 1,
+            ..settings()
+        });
+        let t0 = Instant::now();
+        let mut first = b.acquire().await;
+        let (second, ()) = tokio::join!(
+            async {
+                // Waits for the next token, due at 100 ms.
+                b.acquire().await;
+                t0.elapsed()
+            },
+            async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                b.observe(&mut first, &limited(Some(Duration::from_secs(1))));
+                drop(first);
+            }
+        );
+        assert_eq!(second, Duration::from_millis(1050));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_is_clamped_to_its_bounds() {
         let b = Budget::new(settings());
+        let t = Instant::now();
+        let mut slot = b.acquire().await;
+        b.observe(&mut slot, &limited(Some(Duration::from_secs(3600))));
+        assert_eq!(b.lock().paused_until, Some(t + Duration::from_secs(5)));
+        drop(slot);
+        let _ = b.acquire().await;
+        assert_eq!(t.elapsed(), Duration::from_secs(5));
+
+        let b = Budget::new(settings());
+        let t = Instant::now();
+        let mut slot = b.acquire().await;
+        b.observe(&mut slot, &limited(Some(Duration::ZERO)));
+        assert_eq!(b.lock().paused_until, Some(t + Duration::from_millis(100)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_503_with_retry_after_pauses_like_a_429() {
+        let b = Budget::new(settings());
+        let t = Instant::now();
         let mut slot = b.acquire().await;
         b.observe(
             &mut slot,
             &PollAnswer::RateLimited {
-                status: 429,
-                retry_after: Some(Duration::from_secs(3600)),
+                status: 503,
+                retry_after: Some(Duration::from_secs(2)),
             },
         );
+        drop(slot);
+        let _ = b.acquire().await;
+        assert_eq!(t.elapsed(), Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bare_429_halves_the_rate_which_then_recovers_step_by_step() {
+        let b = Budget::new(settings());
+        let mut slot = b.acquire().await;
+        b.observe(&mut slot, &limited(None));
+        drop(slot);
+        assert_eq!(b.health().allowed_rate, 500.0);
+        let t = Instant::now();
+        let mut slot = b.acquire().await;
+        assert_eq!(
+            t.elapsed(),
+            Duration::from_millis(100),
+            "a short global pause"
+        );
+        b.observe(&mut slot, &ok());
+        drop(slot);
+        assert_eq!(b.health().allowed_rate, 625.0, "one step after 100 ms");
+        let mut rates = vec![];
+        for _ in 0..6 {
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            let mut slot = b.acquire().await;
+            b.observe(&mut slot, &ok());
+            rates.push(b.health().allowed_rate);
+        }
+        assert_eq!(rates, [781.25, 976.5625, 1000.0, 1000.0, 1000.0, 1000.0]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_recovers_no_faster_than_one_step_per_interval() {
+        let b = Budget::new(settings());
+        let mut slot = b.acquire().await;
+        b.observe(&mut slot, &limited(None));
+        drop(slot);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Many answers within one step raise the rate once.
+        for _ in 0..20 {
+            let mut slot = b.acquire().await;
+            b.observe(&mut slot, &ok());
+        }
+        assert_eq!(b.health().allowed_rate, 625.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_429s_of_requests_sent_before_a_backoff_do_not_lower_the_rate_again() {
+        let b = Budget::new(settings());
+        let mut slots = vec![b.acquire().await, b.acquire().await, b.acquire().await];
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let t = Instant::now();
+        for slot in &mut slots {
+            b.observe(slot, &limited(None));
+        }
+        drop(slots);
+        assert_eq!(b.health().allowed_rate, 500.0, "halved once, not thrice");
+        assert_eq!(b.lock().paused_until, Some(t + Duration::from_millis(100)));
+        assert_eq!(b.health().total_rate_limited, 3);
+        // A bare 429 to a request sent after the backoff is news: halve again, pause longer.
+        let mut slot = b.acquire().await;
+        let t = Instant::now();
+        b.observe(&mut slot, &limited(None));
+        assert_eq!(b.health().allowed_rate, 250.0);
+        assert_eq!(b.lock().paused_until, Some(t + Duration::from_millis(200)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_rate_never_falls_below_a_twentieth_and_pauses_stay_bounded() {
+        let b = Budget::new(settings());
+        for _ in 0..30 {
+            let mut slot = b.acquire().await;
+            b.observe(&mut slot, &limited(None));
+        }
+        assert_eq!(b.health().allowed_rate, 50.0);
         let until = b.lock().paused_until.unwrap();
         assert!(until <= Instant::now() + Duration::from_secs(5));
     }
 
-    #[tokio::test]
-    async fn a_bare_429_halves_the_rate_which_then_recovers() {
-        let b = Budget::new(settings());
+    #[tokio::test(start_paused = true)]
+    async fn lowering_the_rate_hands_out_no_fresh_burst() {
+        let b = Budget::new(BudgetSettings {
+            max_requests_per_second: 100.0,
+            burst: 10,
+            ..settings()
+        });
         let mut slot = b.acquire().await;
-        b.observe(
-            &mut slot,
-            &PollAnswer::RateLimited {
-                status: 429,
-                retry_after: None,
-            },
-        );
-        assert_eq!(b.health().allowed_rate, 500.0);
+        b.observe(&mut slot, &limited(None));
         drop(slot);
-        let mut rates = vec![];
-        for _ in 0..8 {
-            tokio::time::sleep(Duration::from_millis(60)).await;
-            let mut slot = b.acquire().await;
-            b.observe(&mut slot, &PollAnswer::NotFound);
-            rates.push(b.health().allowed_rate);
+        // Now 50/s after a 100 ms pause: the next ones are spaced, not a burst of 10.
+        let t0 = Instant::now();
+        let mut at = vec![];
+        for _ in 0..7 {
+            let _slot = b.acquire().await;
+            at.push(t0.elapsed().as_millis());
         }
-        assert!(rates.windows(2).all(|w| w[1] >= w[0]), "{rates:?}");
-        assert_eq!(*rates.last().unwrap(), 1000.0, "{rates:?}");
+        // What accrued during the pause (5 tokens), not the whole burst of 10.
+        assert_eq!(at, [100, 100, 100, 100, 100, 120, 140]);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn bad_credentials_let_one_probe_through_at_a_time() {
         let b = Budget::new(settings());
         let mut slot = b.acquire().await;
         b.observe(&mut slot, &PollAnswer::Unauthorized { status: 401 });
         drop(slot);
         assert!(b.credentials_rejected());
+        assert_eq!(b.health().credentials, Credentials::Rejected);
+        assert_eq!(b.health().credentials_status, Some(401));
         let t = Instant::now();
         let mut probe = b.acquire().await;
-        assert!(t.elapsed() >= Duration::from_millis(190));
-        assert!(probe.probe);
+        assert_eq!(t.elapsed(), Duration::from_millis(200));
+        assert!(probe.is_probe());
         // While the probe is out, nobody else gets through.
-        let blocked = tokio::time::timeout(Duration::from_millis(300), b.acquire()).await;
+        let blocked = tokio::time::timeout(Duration::from_secs(10), b.acquire()).await;
         assert!(blocked.is_err());
-        b.observe(&mut probe, &PollAnswer::Status(Default::default()));
+        // Still bad: the next probe one interval after this answer.
+        b.observe(&mut probe, &PollAnswer::Unauthorized { status: 401 });
+        drop(probe);
+        let t = Instant::now();
+        let mut probe = b.acquire().await;
+        assert_eq!(t.elapsed(), Duration::from_millis(200));
+        b.observe(&mut probe, &ok());
         drop(probe);
         assert!(!b.credentials_rejected());
-        let _ = tokio::time::timeout(Duration::from_millis(50), b.acquire())
-            .await
-            .expect("open again");
+        assert_eq!(b.health().credentials, Credentials::Ok);
+        let t = Instant::now();
+        let slots = [b.acquire().await, b.acquire().await, b.acquire().await];
+        assert!(t.elapsed().is_zero(), "open again for everyone");
+        assert!(slots.iter().all(|s| !s.is_probe()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiters_resume_as_soon_as_the_probe_succeeds() {
+        let b = Budget::new(settings());
+        let mut slot = b.acquire().await;
+        b.observe(&mut slot, &PollAnswer::Unauthorized { status: 403 });
+        drop(slot);
+        let mut probe = b.acquire().await;
+        let t = Instant::now();
+        let (waited, ()) = tokio::join!(
+            async {
+                let _ = b.acquire().await;
+                t.elapsed()
+            },
+            async {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+                b.observe(&mut probe, &ok());
+            }
+        );
+        assert_eq!(waited, Duration::from_millis(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_to_a_request_sent_before_the_401_does_not_clear_it() {
+        let b = Budget::new(settings());
+        let mut old = b.acquire().await;
+        let mut slot = b.acquire().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        b.observe(&mut slot, &PollAnswer::Unauthorized { status: 401 });
+        b.observe(&mut old, &ok());
+        assert!(b.credentials_rejected(), "an old 200 says nothing of now");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_dropped_without_an_answer_frees_the_way_for_the_next() {
+        let b = Budget::new(settings());
+        let mut slot = b.acquire().await;
+        b.observe(&mut slot, &PollAnswer::Unauthorized { status: 401 });
+        drop(slot);
+        let probe = b.acquire().await;
+        assert!(probe.is_probe());
+        drop(probe);
+        let t = Instant::now();
+        let next = b.acquire().await;
+        assert!(next.is_probe());
+        assert!(t.elapsed().is_zero());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_transient_probe_answer_probes_again_later() {
+        let b = Budget::new(settings());
+        let mut slot = b.acquire().await;
+        b.observe(&mut slot, &PollAnswer::Unauthorized { status: 401 });
+        drop(slot);
+        let mut probe = b.acquire().await;
+        b.observe(
+            &mut probe,
+            &PollAnswer::Transient {
+                error: "HTTP 502".into(),
+            },
+        );
+        drop(probe);
+        assert!(b.credentials_rejected());
+        let t = Instant::now();
+        let probe = b.acquire().await;
+        assert!(probe.is_probe());
+        assert_eq!(t.elapsed(), Duration::from_millis(200));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn health_counts_errors_and_rate_limits_of_the_last_minute() {
+        let b = Budget::new(settings());
+        for answer in [
+            ok(),
+            ok(),
+            PollAnswer::Transient {
+                error: "timeout".into(),
+            },
+            limited(Some(Duration::from_millis(100))),
+        ] {
+            let mut slot = b.acquire().await;
+            b.observe(&mut slot, &answer);
+        }
+        let h = b.health();
+        assert_eq!(h.error_ratio_last_minute, 0.25);
+        assert_eq!(h.rate_limited_last_minute, 1);
+        assert_eq!(h.total_answers, 4);
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        let h = b.health();
+        assert_eq!(h.error_ratio_last_minute, 0.0);
+        assert_eq!(h.rate_limited_last_minute, 0);
+        assert_eq!(h.total_errors, 1, "totals stay");
     }
 }

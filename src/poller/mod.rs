@@ -129,7 +129,9 @@ impl Poller {
                     WatchUpdate { record: w, event }
                 })
                 .collect();
+            let started = std::time::Instant::now();
             let applied = self.store.apply_watch_updates(&updates).await?;
+            crate::metrics::store_write("deadlines", started.elapsed());
             self.signals.watches_committed(&updates, &applied);
             report.timed_out = applied.iter().filter(|a| **a).count();
         }
@@ -174,7 +176,9 @@ impl Poller {
                 // Past its deadline: the deadline step ends it; do not poll it.
                 return;
             }
+            let sent = std::time::Instant::now();
             let answer = self.client.poll(w.kind, &w.job_id).await;
+            crate::metrics::poll_answered(&answer, sent.elapsed());
             self.budget.observe(&mut slot, &answer);
             match answer {
                 PollAnswer::RateLimited { .. } | PollAnswer::Unauthorized { .. } => continue,

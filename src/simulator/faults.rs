@@ -22,6 +22,8 @@ pub enum RetryAfterForm {
     Seconds,
     /// an IMF-fixdate, e.g. `Retry-After: Wed, 21 Oct 2015 07:28:00 GMT`
     HttpDate,
+    /// no Retry-After at all (a client must back off on its own)
+    None,
 }
 
 /// The global token bucket over all requests.
@@ -62,6 +64,7 @@ impl RateLimit {
                         let at = SystemTime::now() + Duration::from_secs(secs);
                         httpdate::fmt_http_date(ceil_to_second(at))
                     }
+                    RetryAfterForm::None => String::new(),
                 };
                 Err(RetryAfter {
                     secs,
@@ -170,6 +173,10 @@ pub struct LoggedRequest {
     pub path: String,
     /// The status answered, 0 for a connection dropped without an answer.
     pub status: u16,
+    /// The delay the answer's `Retry-After` named, from arrival, in milliseconds (for a date,
+    /// the date minus the arrival), so a test can check that nothing arrived inside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<f64>,
 }
 
 const MEMORY_CAP_WITH_FILE: usize = 200_000;

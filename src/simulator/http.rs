@@ -200,9 +200,26 @@ async fn handle(inner: Arc<Inner>, req: Request<Incoming>) -> Result<Response<Bo
             method,
             path,
             status: answer.as_ref().map_or(0, |r| r.status().as_u16()),
+            retry_after_ms: answer
+                .as_ref()
+                .ok()
+                .and_then(|r| logged_retry_after_ms(r.headers(), arrival)),
         });
     }
     answer
+}
+
+/// The delay a `Retry-After` header names, from `arrival`, in milliseconds.
+fn logged_retry_after_ms(headers: &HeaderMap, arrival: SystemTime) -> Option<f64> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(secs as f64 * 1000.0);
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(match at.duration_since(arrival) {
+        Ok(d) => d.as_secs_f64() * 1000.0,
+        Err(e) => -(e.duration().as_secs_f64() * 1000.0),
+    })
 }
 
 async fn answer(
@@ -540,7 +557,11 @@ fn too_many_requests(retry: &RetryAfter) -> Response<Body> {
             retry.rate, retry.secs
         ),
     );
-    if let Ok(v) = HeaderValue::from_str(&retry.header) {
+    // An empty header is `--retry-after-form none`: a bare 429.
+    if let Some(v) = (!retry.header.is_empty())
+        .then(|| HeaderValue::from_str(&retry.header).ok())
+        .flatten()
+    {
         r.headers_mut().insert(RETRY_AFTER, v);
     }
     r

@@ -87,7 +87,7 @@ pub struct SimulateArgs {
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub rate_burst: Option<u32>,
 
-    /// Form of the Retry-After header of a 429: delay-seconds or an IMF-fixdate.
+    /// Form of the Retry-After header of a 429: delay-seconds, an IMF-fixdate, or none (a bare 429).
     #[arg(long, value_enum, default_value_t = RetryAfterForm::Seconds)]
     pub retry_after_form: RetryAfterForm,
 

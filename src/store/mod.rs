@@ -6,6 +6,9 @@
 //! makes them durable, atomically. Times are Unix milliseconds, passed in, so that
 //! callers (and tests) own the clock.
 
+pub mod postgres;
+pub mod pruner;
+mod rows;
 pub mod sqlite;
 pub mod writer;
 
@@ -133,7 +136,7 @@ pub enum Cancelled {
 }
 
 /// Where a delivery goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Target {
     /// The watch's own `webhook_url`, signed with `webhooks.signing_secret`.
@@ -173,7 +176,7 @@ pub struct WatchUpdate {
     pub event: Option<NewEvent>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DeliveryStatus {
     Pending,
@@ -341,9 +344,11 @@ pub type DynStore = Arc<dyn Store>;
 pub async fn open(url: &str) -> Result<DynStore> {
     if url.starts_with("sqlite:") {
         Ok(Arc::new(sqlite::SqliteStore::open(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PgStore::open(url).await?))
     } else {
         Err(StoreError::Unusable(format!(
-            "store.url {:?}: the PostgreSQL store is not built yet; use sqlite://PATH",
+            "store.url {:?} must start with sqlite:// or postgres://",
             redact_url(url)
         )))
     }

@@ -4,7 +4,7 @@
 //! the process and never meet "database is locked"; reads use their own pool and,
 //! thanks to WAL, never wait for writes. A commit is on disk when it returns, so an
 //! acknowledged watch, a stored outcome and a queued delivery survive `kill -9` and
-//! a power cut alike (see docs/operations.md).
+//! a power cut alike (see docs/durability.md).
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -12,7 +12,7 @@ use std::time::Duration;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite, SqlitePool};
 
 use super::*;
 
@@ -31,54 +31,182 @@ pub struct SqliteStore {
     reader: SqlitePool,
 }
 
+/// How long a statement waits for a lock another process holds (a backup tool,
+/// a `sqlite3` shell): jobwatch's own writes never wait on each other.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a write waits for the one writer connection before the request
+/// answers 503 `store_unavailable`.
+const WRITER_WAIT: Duration = Duration::from_secs(10);
+/// The WAL is truncated back to this after a checkpoint when a burst grew it.
+const JOURNAL_SIZE_LIMIT: &str = "67108864";
+
 impl SqliteStore {
+    /// Open (creating if missing) and migrate the database `url` names. The
+    /// choices, and what they promise, are in docs/durability.md: WAL,
+    /// `synchronous = FULL`, one writer connection, and a guard that notices
+    /// when the file is removed or replaced under the running daemon.
     pub async fn open(url: &str) -> Result<SqliteStore> {
-        let options = SqliteConnectOptions::from_str(url)
+        let base = SqliteConnectOptions::from_str(url)
             .map_err(|e| StoreError::Unusable(format!("store.url {url:?}: {e}")))?
-            .create_if_missing(true)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let path = base.get_filename().to_path_buf();
+        // Look before touching: an existing file must be a jobwatch database. The
+        // look is read-only, so someone else's file is left exactly as it was.
+        if tokio::fs::try_exists(&path).await.unwrap_or(false) {
+            let mut probe = base
+                .clone()
+                .read_only(true)
+                .connect()
+                .await
+                .map_err(|e| unusable(url, e))?;
+            let checked = check_is_ours(&mut probe, url).await;
+            let _ = probe.close().await;
+            checked?;
+        }
+        let options = base
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(30))
-            .foreign_keys(true)
+            .pragma("journal_size_limit", JOURNAL_SIZE_LIMIT)
             .pragma("temp_store", "memory");
+        // Create and migrate on one connection; the pools never create the file, so
+        // a file removed later is an error, not a silent fresh start.
+        let mut setup = options
+            .clone()
+            .create_if_missing(true)
+            .connect()
+            .await
+            .map_err(|e| unusable(url, e))?;
+        let migrated = MIGRATOR.run(&mut setup).await;
+        let _ = setup.close().await;
+        migrated?;
+
+        let guard = Arc::new(FileGuard::new(path));
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
-            .acquire_timeout(Duration::from_secs(60))
+            .acquire_timeout(WRITER_WAIT)
+            .before_acquire(guard.clone().hook())
             .connect_with(options.clone())
             .await
-            .map_err(|e| StoreError::Unusable(format!("cannot open {url}: {e}")))?;
-        check_is_ours(&writer, url).await?;
-        MIGRATOR.run(&writer).await?;
+            .map_err(|e| unusable(url, e))?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(30))
+            .before_acquire(guard.hook())
             .connect_with(options.read_only(true))
-            .await?;
+            .await
+            .map_err(|e| unusable(url, e))?;
         Ok(SqliteStore { writer, reader })
+    }
+}
+
+fn unusable(url: &str, e: sqlx::Error) -> StoreError {
+    let not_a_database = matches!(&e, sqlx::Error::Database(d) if d.code().as_deref() == Some("26"));
+    if not_a_database {
+        StoreError::Unusable(format!(
+            "{url} is not a SQLite database ({e}); point store.url at a new file or at a jobwatch database"
+        ))
+    } else {
+        StoreError::Unusable(format!("cannot open {url}: {e}"))
+    }
+}
+
+/// Notices when the database file is removed, renamed away or replaced while the
+/// daemon runs. In WAL mode SQLite goes on writing into an unlinked file without
+/// complaint, and the next start would begin from an empty database: every
+/// acknowledgement in between would be a lie. So each connection is checked
+/// before each use: no file at the path means the store is unavailable (every
+/// request answers 503) until it is back; a different file at the path means
+/// the connections opened before it are closed and new ones open the new file.
+struct FileGuard {
+    path: std::path::PathBuf,
+    state: std::sync::Mutex<FileSeen>,
+}
+
+struct FileSeen {
+    /// Identity of the file at the path when last looked, `None` while it is missing.
+    id: Option<(u64, u64)>,
+    /// When `id` last changed: connections older than this may have another file open.
+    since: std::time::Instant,
+}
+
+fn file_id(path: &std::path::Path) -> Option<(u64, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Some((meta.dev(), meta.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        Some((0, 0))
+    }
+}
+
+impl FileGuard {
+    fn new(path: std::path::PathBuf) -> FileGuard {
+        FileGuard {
+            state: std::sync::Mutex::new(FileSeen {
+                id: file_id(&path),
+                since: std::time::Instant::now(),
+            }),
+            path,
+        }
+    }
+
+    /// May a connection opened `age` ago be used? A `stat` per use: microseconds.
+    fn usable(&self, age: Duration) -> bool {
+        let id = file_id(&self.path);
+        let mut seen = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if id != seen.id {
+            let path = self.path.display();
+            match (seen.id, id) {
+                (_, None) => tracing::error!(%path, "the database file is gone (removed or renamed); refusing every read and write until it is back"),
+                (None, Some(_)) => tracing::warn!(%path, "the database file is back; using it again"),
+                (Some(_), Some(_)) => tracing::warn!(%path, "the database file was replaced; reopening it"),
+            }
+            seen.id = id;
+            seen.since = std::time::Instant::now();
+        }
+        seen.id.is_some() && age < seen.since.elapsed()
+    }
+
+    fn hook(
+        self: Arc<Self>,
+    ) -> impl for<'c> Fn(
+        &'c mut sqlx::SqliteConnection,
+        sqlx::pool::PoolConnectionMetadata,
+    ) -> futures::future::BoxFuture<'c, Result<bool, sqlx::Error>>
+           + Send
+           + Sync
+           + 'static {
+        move |_, meta| {
+            let ok = self.usable(meta.age);
+            Box::pin(async move { Ok(ok) })
+        }
     }
 }
 
 /// Refuse a file that some other program made, or that a newer jobwatch migrated:
 /// running on either would corrupt it or misread it.
-async fn check_is_ours(pool: &SqlitePool, url: &str) -> Result<()> {
+async fn check_is_ours(conn: &mut sqlx::SqliteConnection, url: &str) -> Result<()> {
     let tables: Vec<String> =
         sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table'")
-            .fetch_all(pool)
+            .fetch_all(&mut *conn)
             .await
-            .map_err(|e| {
-                StoreError::Unusable(format!("{url} is not a usable SQLite database: {e}"))
-            })?;
+            .map_err(|e| unusable(url, e))?;
     if tables.is_empty() {
         return Ok(());
     }
     if !tables.iter().any(|t| t == "_sqlx_migrations") {
         return Err(StoreError::Unusable(format!(
-            "{url} is not a jobwatch database (it has tables {tables:?} but no jobwatch schema); point store.url at a new or jobwatch file"
+            "{url} is not a jobwatch database (it has tables {tables:?} but no jobwatch schema); point store.url at a new file or at a jobwatch database"
         )));
     }
     let newest: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations")
-        .fetch_one(pool)
+        .fetch_one(&mut *conn)
         .await?;
     let known = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
     if let Some(v) = newest.filter(|v| *v > known) {

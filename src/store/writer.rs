@@ -40,7 +40,8 @@ impl Signals {
     pub fn watches_committed(&self, updates: &[WatchUpdate], applied: &[bool]) {
         let mut queued = false;
         for (u, ok) in updates.iter().zip(applied) {
-            if *ok && u.record.outcome.is_some() {
+            if let (true, Some(outcome)) = (*ok, u.record.outcome) {
+                crate::metrics::outcome_stored(outcome);
                 let _ = self.finished.send(u.record.wid);
                 queued |= u.event.as_ref().is_some_and(|e| !e.deliveries.is_empty());
             }
@@ -51,6 +52,9 @@ impl Signals {
     }
 }
 
+// Most writes are watch updates: boxing them would cost an allocation per poll to
+// shrink the rarer attempt results.
+#[allow(clippy::large_enum_variant)]
 pub enum Write {
     Watch(WatchUpdate),
     Attempt(AttemptResult),
@@ -89,11 +93,15 @@ async fn run(store: DynStore, signals: Arc<Signals>, mut rx: mpsc::Receiver<Writ
             }
         }
         if !watches.is_empty() {
+            let started = std::time::Instant::now();
             let applied = retry("poll results", || store.apply_watch_updates(&watches)).await;
+            crate::metrics::store_write("poll_results", started.elapsed());
             signals.watches_committed(&watches, &applied);
         }
         if !attempts.is_empty() {
+            let started = std::time::Instant::now();
             retry("delivery attempts", || store.record_attempts(&attempts)).await;
+            crate::metrics::store_write("delivery_attempts", started.elapsed());
         }
     }
 }

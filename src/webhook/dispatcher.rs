@@ -45,6 +45,10 @@ pub struct Dispatcher {
     watch_secret: Option<SigningSecret>,
     endpoint_secrets: HashMap<String, SigningSecret>,
     slots: Arc<Semaphore>,
+    /// Claimed deliveries not yet finished (sending or waiting for a slot): the
+    /// claim never runs further ahead of the senders than a few rounds.
+    outstanding: Arc<std::sync::atomic::AtomicUsize>,
+    max_outstanding: usize,
     per_url_cap: usize,
     per_url: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
@@ -82,6 +86,8 @@ impl Dispatcher {
                 .map(|e| (e.url.to_string(), e.secret.clone()))
                 .collect(),
             slots: Arc::new(Semaphore::new(settings.max_in_flight)),
+            outstanding: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            max_outstanding: settings.max_in_flight * 4,
             per_url_cap: (settings.max_in_flight / 4).max(1),
             per_url: Mutex::new(HashMap::new()),
         })
@@ -105,7 +111,8 @@ impl Dispatcher {
         now: Millis,
         tasks: &TaskTracker,
     ) -> crate::store::Result<usize> {
-        let free = self.slots.available_permits();
+        use std::sync::atomic::Ordering::Relaxed;
+        let free = self.max_outstanding.saturating_sub(self.outstanding.load(Relaxed));
         if free == 0 {
             return Ok(0);
         }
@@ -116,7 +123,9 @@ impl Dispatcher {
         let n = due.len();
         for d in due {
             let this = Arc::clone(self);
+            self.outstanding.fetch_add(1, Relaxed);
             tasks.spawn(async move {
+                let _outstanding = Outstanding(this.outstanding.clone());
                 let url_slot = this.url_slot(&d.delivery.url);
                 let (Ok(_u), Ok(_g)) = (url_slot.acquire_owned().await, this.slots.clone().acquire_owned().await) else {
                     return;
@@ -155,6 +164,7 @@ impl Dispatcher {
             _ if attempt_no > self.schedule.len() => DeliveryStatus::Dead,
             _ => DeliveryStatus::Retrying,
         };
+        crate::metrics::delivery_attempted(next, started.elapsed());
         let next_attempt_at = (next == DeliveryStatus::Retrying).then(|| {
             let delay = match (status_code, retry_after) {
                 (Some(429 | 503), Some(ra)) => ra.min(self.max_retry_after),
@@ -255,7 +265,8 @@ impl Dispatcher {
                     0
                 }
             };
-            if claimed > 0 && self.slots.available_permits() > 0 {
+            let room = self.outstanding.load(std::sync::atomic::Ordering::Relaxed) < self.max_outstanding;
+            if claimed > 0 && room {
                 tokio::task::yield_now().await;
                 continue;
             }
@@ -269,6 +280,15 @@ impl Dispatcher {
                 _ = self.signals.deliveries.notified() => {}
             }
         }
+    }
+}
+
+/// Counts a claimed delivery as outstanding until its task ends, however it ends.
+struct Outstanding(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -60,6 +60,17 @@ impl Drop for Sim {
 /// Settings for a test daemon: random port, the given store file, the simulator
 /// as upstream, fast cadence. `extra` overrides win.
 pub fn settings(db: &Path, upstream: &str, extra: &[(&str, &str)]) -> Settings {
+    settings_with_file(db, upstream, None, extra)
+}
+
+/// As [`settings`], with a TOML file layered under the overrides (as `--config FILE`):
+/// lists such as `webhooks.retry_schedule` and `[[webhooks.endpoints]]` need one.
+pub fn settings_with_file(
+    db: &Path,
+    upstream: &str,
+    file: Option<&Path>,
+    extra: &[(&str, &str)],
+) -> Settings {
     let store = format!("sqlite://{}", db.display());
     let mut overrides: Vec<(&str, &str)> = vec![
         ("api.listen", "127.0.0.1:0"),
@@ -79,7 +90,7 @@ pub fn settings(db: &Path, upstream: &str, extra: &[(&str, &str)]) -> Settings {
         ("log.level", "warn"),
     ];
     overrides.extend_from_slice(extra);
-    Settings::load_with(None, &overrides).expect("test settings are valid")
+    Settings::load_with(file, &overrides).expect("test settings are valid")
 }
 
 /// A running daemon.

@@ -6,3 +6,10 @@ mod helpers;
 mod receiver;
 
 mod core;
+mod python_receiver;
+mod webhooks;
+mod postgres;
+mod cli;
+mod upstream;
+mod crash;
+mod durability;

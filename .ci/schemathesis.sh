@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Fuzz the live daemon against its own OpenAPI document with schemathesis: every
+# operation gets a bounded number of generated requests (valid and invalid), and the
+# run fails on any 5xx, any status, content type, header or body the document does
+# not declare, invalid input that is accepted, and a /v1 route that ignores the token.
+#
+# It starts `jobwatch simulate` (jobs that run for minutes, so the fuzzer's watches
+# stay running) and `jobwatch serve` (a temporary SQLite file, free loopback ports,
+# a token, a signing secret, api.max_wait = 1s so `?wait` stays short), and stops
+# both on exit.
+#
+# Webhook URLs come from the fuzzer, so they name arbitrary hosts: every delivery is
+# sent through an HTTP proxy on a loopback port where nothing listens, so nothing
+# leaves this machine (the per-watch URL check is off for that reason, and the
+# upstream and the fuzzer talk to 127.0.0.1 directly).
+#
+# Environment: JOBWATCH_BIN (default: build and use target/debug/jobwatch),
+# SCHEMATHESIS_MAX_EXAMPLES (default 50), SCHEMATHESIS_SEED (default fixed, so CI
+# runs are reproducible; set another to explore), SCHEMATHESIS (the command).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+max_examples="${SCHEMATHESIS_MAX_EXAMPLES:-50}"
+seed="${SCHEMATHESIS_SEED:-20261129}"
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/jobwatch-schemathesis.XXXXXX")"
+pids=()
+cleanup() {
+  local status=$?
+  for pid in "${pids[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${pids[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  if [ "$status" -ne 0 ]; then
+    echo "-- daemon log (last 40 lines)"
+    tail -n 40 "$work/serve.log" 2>/dev/null || true
+  fi
+  if [ -n "${SCHEMATHESIS_KEEP:-}" ]; then
+    echo "-- kept $work"
+  else
+    rm -rf "$work"
+  fi
+  exit "$status"
+}
+trap cleanup EXIT INT TERM
+
+if [ -z "${JOBWATCH_BIN:-}" ]; then
+  cargo build --quiet --locked --bin jobwatch
+  JOBWATCH_BIN="target/debug/jobwatch"
+fi
+
+st="${SCHEMATHESIS:-}"
+if [ -z "$st" ]; then
+  if command -v schemathesis >/dev/null 2>&1; then
+    st="schemathesis"
+  else
+    python3 -m venv "$work/venv"
+    "$work/venv/bin/pip" install --quiet --disable-pip-version-check -r .ci/requirements.txt
+    st="$work/venv/bin/schemathesis"
+  fi
+fi
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+sim_port="$(free_port)"
+api_port="$(free_port)"
+dead_port="$(free_port)" # nothing listens here: the deliveries' proxy
+token="schemathesis-$RANDOM$RANDOM"
+
+"$JOBWATCH_BIN" simulate --listen "127.0.0.1:$sim_port" \
+  --min-running 10m --max-running 20m >"$work/simulate.log" 2>&1 &
+pids+=($!)
+
+cat >"$work/jobwatch.toml" <<EOF
+[api]
+listen = "127.0.0.1:$api_port"
+token = "$token"
+max_wait = "1s"
+max_ids_per_request = 20
+shutdown_grace = "2s"
+
+[store]
+url = "sqlite://$work/jobwatch.db"
+
+[upstream]
+base_url = "http://127.0.0.1:$sim_port"
+max_requests_per_second = 200.0
+burst = 50
+request_timeout = "5s"
+
+[poller]
+initial_interval = "500ms"
+max_interval = "5s"
+not_found_grace = "10m"
+
+[webhooks]
+signing_secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+allow_private_targets = true
+request_timeout = "2s"
+retry_schedule = ["1s", "2s"]
+
+[log]
+level = "warn"
+EOF
+
+HTTP_PROXY="http://127.0.0.1:$dead_port" HTTPS_PROXY="http://127.0.0.1:$dead_port" \
+  ALL_PROXY="http://127.0.0.1:$dead_port" NO_PROXY="127.0.0.1,localhost" \
+  http_proxy="http://127.0.0.1:$dead_port" https_proxy="http://127.0.0.1:$dead_port" \
+  all_proxy="http://127.0.0.1:$dead_port" no_proxy="127.0.0.1,localhost" \
+  "$JOBWATCH_BIN" serve --config "$work/jobwatch.toml" >"$work/serve.log" 2>&1 &
+pids+=($!)
+
+base="http://127.0.0.1:$api_port"
+for _ in $(seq 1 100); do
+  if curl -fsS "$base/readyz" >/dev/null 2>&1; then
+    break
+  fi
+  sleep 0.1
+done
+curl -fsS "$base/readyz" >/dev/null
+
+echo "schemathesis $("$st" --version | awk '{print $NF}') against $base/openapi.json: $max_examples examples per operation, seed $seed"
+"$st" run "$base/openapi.json" \
+  --url "$base" \
+  --header "Authorization: Bearer $token" \
+  --checks all \
+  --mode all \
+  --max-examples "$max_examples" \
+  --seed "$seed" \
+  --workers 1 \
+  --request-timeout 10 \
+  --suppress-health-check too_slow,filter_too_much \
+  --generation-database none \
+  --no-color

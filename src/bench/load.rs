@@ -1,0 +1,157 @@
+//! The two loads the bench generates itself: the ingest (ids POSTed in chunks, a few
+//! at once, timed until the last 202) and the ceiling client, the least a poller can
+//! be: `concurrency` loops of GET against the simulator's status endpoint, nothing
+//! parsed, nothing stored. Its rate is what this machine can do, and the daemon's
+//! poll rate is judged against it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Ingest {
+    pub ids: u64,
+    pub posts: u64,
+    pub chunk: usize,
+    pub concurrency: usize,
+    pub seconds: f64,
+    pub ids_per_second: f64,
+    /// Watches the daemon reported as new (all of them on a fresh store).
+    pub new: u64,
+}
+
+/// The ids `{prefix}{index:07}` for `0..n`.
+pub fn id(prefix: &str, index: usize) -> String {
+    format!("{prefix}{index:07}")
+}
+
+/// POST `n` ids in chunks of `chunk`, `concurrency` requests at once; every one must
+/// answer 202.
+pub async fn ingest(
+    daemon: &str,
+    prefix: &str,
+    n: usize,
+    chunk: usize,
+    concurrency: usize,
+    webhook_url: Option<&str>,
+) -> anyhow::Result<Ingest> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()?;
+    let url = format!("{daemon}/v1/jobs");
+    let chunk = chunk.max(1);
+    let starts: Vec<usize> = (0..n).step_by(chunk).collect();
+    let posts = starts.len() as u64;
+    let started = Instant::now();
+    let new: u64 = futures::stream::iter(starts)
+        .map(|from| {
+            let (http, url) = (&http, &url);
+            async move {
+                let ids: Vec<String> = (from..(from + chunk).min(n))
+                    .map(|i| id(prefix, i))
+                    .collect();
+                let mut body = json!({"kind": "copy", "ids": ids});
+                if let Some(hook) = webhook_url {
+                    body["webhook_url"] = hook.into();
+                }
+                let r = http
+                    .post(url)
+                    .json(&body)
+                    .send()
+                    .await
+                    .context("POST /v1/jobs")?;
+                let status = r.status();
+                let answer: Value = r.json().await.unwrap_or(Value::Null);
+                if status.as_u16() != 202 {
+                    bail!("POST /v1/jobs answered {status}: {answer}");
+                }
+                Ok::<u64, anyhow::Error>(answer["new"].as_u64().unwrap_or(0))
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .try_fold(0u64, |sum, new| async move { Ok(sum + new) })
+        .await?;
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(Ingest {
+        ids: n as u64,
+        posts,
+        chunk,
+        concurrency,
+        seconds,
+        ids_per_second: n as f64 / seconds.max(1e-9),
+        new,
+    })
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Ceiling {
+    pub concurrency: usize,
+    pub seconds: f64,
+    pub requests: u64,
+    pub per_second: f64,
+}
+
+/// How many distinct ids the ceiling client cycles through.
+const CEILING_IDS: usize = 10_000;
+
+/// Hammer the simulator's status endpoint from `concurrency` loops for `warmup` (not
+/// counted) and then `measure`.
+pub async fn ceiling(
+    sim: &str,
+    concurrency: usize,
+    warmup: Duration,
+    measure: Duration,
+) -> anyhow::Result<Ceiling> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let counted = Arc::new(AtomicU64::new(0));
+    let counting = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut loops = Vec::with_capacity(concurrency);
+    for worker in 0..concurrency {
+        let (http, counted, counting, stop) = (
+            http.clone(),
+            counted.clone(),
+            counting.clone(),
+            stop.clone(),
+        );
+        let sim = sim.to_string();
+        loops.push(tokio::spawn(async move {
+            let mut k = worker * 7919;
+            while !stop.load(Ordering::Relaxed) {
+                k = (k + 1) % CEILING_IDS;
+                let url = format!("{sim}/products/ceil-{k:07}/search/copy/status");
+                let ok = match http.get(url).send().await {
+                    Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                    Err(_) => false,
+                };
+                if ok && counting.load(Ordering::Relaxed) {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(warmup).await;
+    counting.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(measure).await;
+    let requests = counted.load(Ordering::Relaxed);
+    let seconds = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for l in loops {
+        let _ = l.await;
+    }
+    Ok(Ceiling {
+        concurrency,
+        seconds,
+        requests,
+        per_second: requests as f64 / seconds.max(1e-9),
+    })
+}

@@ -1,0 +1,447 @@
+//! `jobwatch bench`: how close jobwatch gets to this machine's limits.
+//!
+//! One command runs the simulator and a webhook receiver in this process and the
+//! daemon as a separate process (this binary's `serve`, on a temporary SQLite file,
+//! loopback only), then reports: the ingest rate, the sustained poll rate against
+//! the ceiling a minimal client reaches on the same simulator with the same
+//! concurrency, the detection-to-delivery latency, the daemon's peak RSS and CPU per
+//! 1,000 polls, and a second run under a rate-limited upstream. It is bounded in
+//! time, stops by itself, and kills the daemon on every way out. BENCHMARKS.md has
+//! the figures and the commands that gave them.
+
+mod daemon;
+mod load;
+mod receiver;
+mod report;
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{anyhow, bail, Context as _};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::cancel_on_signals;
+use crate::config::{LogFormat, LogSettings, Settings};
+use crate::simulator::{SimulateArgs, Simulator};
+use crate::webhook::sign::SigningSecret;
+use daemon::DaemonProcess;
+pub use report::Report;
+use report::{Latency, Memory, PollRate, RateLimited, Sample};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Watches of the main run (all posted, polled, ended and delivered).
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..=5_000_000))]
+    pub watches: u32,
+
+    /// Print the report as JSON (progress still goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+
+    /// Ids per POST /v1/jobs.
+    #[arg(long, default_value_t = 10_000)]
+    pub chunk: usize,
+
+    /// POSTs in flight at once during the ingest.
+    #[arg(long, default_value_t = 4)]
+    pub ingest_concurrency: usize,
+
+    /// Shortest running time of a simulated job (from its first poll).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub min_running: Duration,
+
+    /// Longest running time of a simulated job.
+    #[arg(long, default_value = "40s", value_parser = humantime::parse_duration)]
+    pub max_running: Duration,
+
+    /// How long the minimal client measures the machine's poll-rate ceiling.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub ceiling_duration: Duration,
+
+    /// The main run gives up after this long (from the end of the ingest); the
+    /// report then says how many watches were delivered.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub max_time: Duration,
+
+    /// Watches of the rate-limited run (`running-` ids, which never end); 0 skips it.
+    #[arg(long, default_value_t = 10_000)]
+    pub limited_watches: u32,
+
+    /// The rate limit of that run: the simulator's and the daemon's, requests/s.
+    #[arg(long, default_value_t = 500.0)]
+    pub limited_rate: f64,
+
+    /// How long the rate-limited run polls (the first 10 s are not judged).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub limited_duration: Duration,
+
+    /// A daemon setting for both runs, as KEY=VALUE with the dotted key
+    /// (e.g. `--set upstream.max_in_flight=128`); repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+
+    /// Seed of the simulator's draws.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+
+    /// Exit 1 unless every watch of the main run ended and its webhook arrived, and
+    /// the rate-limited run polled (a check that the bench works, not of speed).
+    #[arg(long)]
+    pub check: bool,
+
+    /// Keep the work directory (the SQLite files, the daemon's logs) and print its path.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// Ids of the main run: plain ids, so the simulator draws each outcome from its mix.
+const MAIN_PREFIX: &str = "w-";
+/// Ids of the rate-limited run: RUNNING forever, so demand never runs out.
+const LIMITED_PREFIX: &str = "running-rl-";
+/// The rate-limited run is judged after this long.
+const LIMITED_SETTLE: Duration = Duration::from_secs(10);
+/// `/v1/status` is read this often during the main run (it counts every watch).
+const STATUS_EVERY: u64 = 5;
+
+/// Run the bench; the exit code is 0 unless `--check` found a watch undelivered.
+pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
+    crate::telemetry::init(&LogSettings {
+        format: LogFormat::Text,
+        level: "warn".into(),
+    });
+    if args.min_running > args.max_running {
+        bail!("--min-running must not exceed --max-running");
+    }
+    if !(args.limited_rate.is_finite() && args.limited_rate > 0.0) {
+        bail!("--limited-rate must be a positive number of requests per second");
+    }
+    let shutdown = CancellationToken::new();
+    cancel_on_signals(shutdown.clone());
+    let work = WorkDir::create(args.keep)?;
+    let result = tokio::select! {
+        r = bench(&args, &work.path, shutdown.clone()) => r,
+        () = shutdown.cancelled() => Err(anyhow!("interrupted; the daemon was stopped")),
+    };
+    // Stops the simulators and the receiver; the daemons died with their handles.
+    shutdown.cancel();
+    let report = result?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        report.print();
+    }
+    if args.keep {
+        eprintln!("work directory kept: {}", work.path.display());
+    }
+    Ok(if args.check && !report.complete() {
+        1
+    } else {
+        0
+    })
+}
+
+/// A fresh directory for the SQLite files and logs, removed at the end.
+struct WorkDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl WorkDir {
+    fn create(keep: bool) -> anyhow::Result<WorkDir> {
+        let path = std::env::temp_dir().join(format!(
+            "jobwatch-bench-{}",
+            ulid::Ulid::new().to_string().to_lowercase()
+        ));
+        std::fs::create_dir_all(&path)
+            .with_context(|| format!("creating the work directory {}", path.display()))?;
+        Ok(WorkDir { path, keep })
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// A simulator in this process, on a loopback port.
+async fn start_simulator(
+    args: SimulateArgs,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(Simulator, String)> {
+    let listener =
+        tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let sim = Simulator::new(args);
+    let serving = sim.clone();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        if let Err(e) = serving.serve(listener, stop).await {
+            tracing::error!(error = %e, "the bench's simulator stopped");
+        }
+    });
+    Ok((sim, url))
+}
+
+/// The daemon's settings: the bench's, then `--set`, validated as the daemon will.
+fn daemon_settings(
+    args: &BenchArgs,
+    secret: &SigningSecret,
+) -> anyhow::Result<(BTreeMap<String, String>, Settings)> {
+    let mut s = BTreeMap::new();
+    let mut put = |k: &str, v: String| {
+        s.insert(k.to_string(), v);
+    };
+    put("log.level", "warn".into());
+    put("webhooks.signing_secret", secret.to_whsec());
+    put("webhooks.allow_private_targets", "true".into());
+    // The machine, not the budget, is the limit of the main run.
+    put("upstream.max_requests_per_second", "1000000".into());
+    put("upstream.burst", "10000".into());
+    for kv in &args.set {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--set {kv:?}: expected KEY=VALUE"))?;
+        put(k.trim(), v.trim().to_string());
+    }
+    let pairs: Vec<(&str, &str)> = s.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let settings = Settings::load_with(None, &pairs).context("the daemon's settings")?;
+    Ok((s, settings))
+}
+
+async fn bench(
+    args: &BenchArgs,
+    dir: &Path,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Report> {
+    let exe = std::env::current_exe().context("finding this program to run its `serve`")?;
+    let secret = SigningSecret::generate();
+    let (base, settings) = daemon_settings(args, &secret)?;
+    let n = args.watches as usize;
+    let in_flight = settings.upstream.max_in_flight;
+    let wall = Instant::now();
+
+    // The main run.
+    let (sim, sim_url) = start_simulator(
+        SimulateArgs {
+            min_running: args.min_running,
+            max_running: args.max_running,
+            seed: args.seed,
+            ..SimulateArgs::default()
+        },
+        &shutdown,
+    )
+    .await?;
+    let (receiver, hook_url) =
+        receiver::Receiver::start(secret, MAIN_PREFIX, n, shutdown.clone()).await?;
+
+    // The ceiling first, while nothing else runs.
+    progress(format_args!(
+        "measuring the poll-rate ceiling: a minimal client, {in_flight} in flight, {:?}",
+        args.ceiling_duration
+    ));
+    let ceiling = load::ceiling(
+        &sim_url,
+        in_flight,
+        Duration::from_secs(1),
+        args.ceiling_duration,
+    )
+    .await?;
+    progress(format_args!("ceiling: {:.0} polls/s", ceiling.per_second));
+
+    let mut main_settings = base.clone();
+    main_settings.insert(
+        "store.url".into(),
+        format!("sqlite://{}", dir.join("main.db").display()),
+    );
+    main_settings.insert("upstream.base_url".into(), sim_url.clone());
+    let mut daemon = DaemonProcess::start(&exe, &main_settings, dir, "main").await?;
+    let polls_before = sim.requests_received();
+    let before = daemon.sample().unwrap_or_default();
+
+    progress(format_args!(
+        "ingest: {n} ids in POSTs of {}, {} at once",
+        args.chunk, args.ingest_concurrency
+    ));
+    let ingest = load::ingest(
+        &daemon.url,
+        MAIN_PREFIX,
+        n,
+        args.chunk,
+        args.ingest_concurrency,
+        Some(&hook_url),
+    )
+    .await?;
+    let after_ingest = daemon.sample().unwrap_or_default();
+    let polls_at_ingest_end = sim.requests_received() - polls_before;
+    progress(format_args!(
+        "ingest: {:.0} ids/s; following polls and deliveries",
+        ingest.ids_per_second
+    ));
+
+    let status_client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()?;
+    let followed = Instant::now();
+    let mut timeline: Vec<Sample> = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    let mut overdue: Option<i64> = None;
+    let mut seconds = 0u64;
+    loop {
+        tick.tick().await;
+        seconds += 1;
+        daemon.check_alive()?;
+        let proc = daemon.sample().unwrap_or_default();
+        let delivered = receiver.delivered();
+        if seconds % STATUS_EVERY == 0 {
+            overdue = overdue_of(&status_client, &daemon.url).await.or(overdue);
+        }
+        let sample = Sample {
+            t: followed.elapsed().as_secs_f64(),
+            polls: sim.requests_received() - polls_before,
+            cpu_seconds: proc.cpu_seconds - before.cpu_seconds,
+            rss_mib: mib(proc.rss_kib),
+            delivered,
+            overdue,
+        };
+        if seconds % 5 == 0 {
+            let rate = timeline
+                .iter()
+                .rev()
+                .nth(4)
+                .map(|s| (sample.polls - s.polls) as f64 / (sample.t - s.t))
+                .unwrap_or(0.0);
+            progress(format_args!(
+                "{:>4.0}s  {:>7.0} polls/s  delivered {delivered}/{n}  rss {:.1} MiB  overdue {}",
+                sample.t,
+                rate,
+                sample.rss_mib,
+                overdue.map_or("?".into(), |o| o.to_string()),
+            ));
+        }
+        timeline.push(sample);
+        if delivered >= n as u64 || followed.elapsed() >= args.max_time {
+            break;
+        }
+    }
+    let end = daemon.sample().unwrap_or_default();
+    daemon.stop().await;
+    let tally = receiver.snapshot();
+
+    let poll = PollRate::from_timeline(
+        &timeline,
+        polls_at_ingest_end,
+        after_ingest.cpu_seconds - before.cpu_seconds,
+        &ceiling,
+    );
+    let memory = Memory {
+        peak_rss_mib: mib(end.peak_rss_kib),
+        rss_at_end_mib: mib(end.rss_kib),
+        ingest_cpu_seconds: after_ingest.cpu_seconds - before.cpu_seconds,
+    };
+    let latency = Latency::from_tally(&tally, n as u64, followed.elapsed().as_secs_f64());
+    drop(sim);
+
+    let limited = if args.limited_watches > 0 {
+        Some(limited_run(args, &exe, &base, dir, &shutdown).await?)
+    } else {
+        None
+    };
+
+    Ok(Report::new(
+        args,
+        settings,
+        ingest,
+        ceiling,
+        poll,
+        memory,
+        latency,
+        limited,
+        timeline,
+        wall.elapsed().as_secs_f64(),
+    ))
+}
+
+/// The rate-limited run: the simulator answers 429 past `--limited-rate`, the daemon
+/// is configured to that rate, and the simulator's request log says how well it kept to it.
+async fn limited_run(
+    args: &BenchArgs,
+    exe: &Path,
+    base: &BTreeMap<String, String>,
+    dir: &Path,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<RateLimited> {
+    let limit = args.limited_rate;
+    let n = args.limited_watches as usize;
+    let (sim, sim_url) = start_simulator(
+        SimulateArgs {
+            rate_limit: Some(limit),
+            keep_log: true,
+            seed: args.seed,
+            ..SimulateArgs::default()
+        },
+        shutdown,
+    )
+    .await?;
+    let mut settings = base.clone();
+    settings.insert(
+        "store.url".into(),
+        format!("sqlite://{}", dir.join("limited.db").display()),
+    );
+    settings.insert("upstream.base_url".into(), sim_url);
+    settings.insert("upstream.max_requests_per_second".into(), limit.to_string());
+    if !args
+        .set
+        .iter()
+        .any(|s| s.trim().starts_with("upstream.burst"))
+    {
+        // The daemon's default burst, not the main run's open one.
+        settings.remove("upstream.burst");
+    }
+    let mut daemon = DaemonProcess::start(exe, &settings, dir, "limited").await?;
+    progress(format_args!(
+        "rate-limited run: {n} watches, limit {limit}/s at the simulator and the daemon, {:?}",
+        args.limited_duration
+    ));
+    load::ingest(&daemon.url, LIMITED_PREFIX, n, args.chunk, 1, None).await?;
+    let started = Instant::now();
+    while started.elapsed() < args.limited_duration {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        daemon.check_alive()?;
+    }
+    let stopped = receiver::unix_ms(SystemTime::now());
+    daemon.stop().await;
+    let log = sim.request_log();
+    Ok(RateLimited::from_log(
+        &log,
+        n as u64,
+        limit,
+        stopped,
+        LIMITED_SETTLE,
+    ))
+}
+
+/// `watches.overdue` of `/v1/status`: watches more than 5 s late for their poll.
+async fn overdue_of(client: &reqwest::Client, daemon: &str) -> Option<i64> {
+    let r = client
+        .get(format!("{daemon}/v1/status"))
+        .send()
+        .await
+        .ok()?;
+    let v: Value = r.json().await.ok()?;
+    v["watches"]["overdue"].as_i64()
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn progress(args: std::fmt::Arguments<'_>) {
+    eprintln!("bench: {args}");
+}
