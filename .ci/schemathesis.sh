@@ -16,7 +16,8 @@
 #
 # Environment: JOBWATCH_BIN (default: build and use target/debug/jobwatch),
 # SCHEMATHESIS_MAX_EXAMPLES (default 50), SCHEMATHESIS_SEED (default fixed, so CI
-# runs are reproducible; set another to explore), SCHEMATHESIS (the command).
+# runs are reproducible; set another to explore), SCHEMATHESIS (the command),
+# SCHEMATHESIS_KEEP (keep the temporary directory: logs, database).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,15 +52,19 @@ if [ -z "${JOBWATCH_BIN:-}" ]; then
   JOBWATCH_BIN="target/debug/jobwatch"
 fi
 
-st="${SCHEMATHESIS:-}"
-if [ -z "$st" ]; then
-  if command -v schemathesis >/dev/null 2>&1; then
-    st="schemathesis"
-  else
-    python3 -m venv "$work/venv"
-    "$work/venv/bin/pip" install --quiet --disable-pip-version-check -r .ci/requirements.txt
-    st="$work/venv/bin/schemathesis"
-  fi
+# The command: $SCHEMATHESIS, else the module in python3 (where .ci/run installs
+# .ci/requirements.txt; through python3, as a fresh console script may not be on
+# PATH yet), else one on PATH, else a private virtualenv.
+if [ -n "${SCHEMATHESIS:-}" ]; then
+  st=("$SCHEMATHESIS")
+elif python3 -c 'import schemathesis' >/dev/null 2>&1; then
+  st=(python3 -c 'import sys; from schemathesis.cli import schemathesis as main; sys.argv[0] = "schemathesis"; main()')
+elif command -v schemathesis >/dev/null 2>&1; then
+  st=(schemathesis)
+else
+  python3 -m venv "$work/venv"
+  "$work/venv/bin/pip" install --quiet --disable-pip-version-check -r .ci/requirements.txt
+  st=("$work/venv/bin/schemathesis")
 fi
 
 free_port() {
@@ -122,8 +127,10 @@ for _ in $(seq 1 100); do
 done
 curl -fsS "$base/readyz" >/dev/null
 
-echo "schemathesis $("$st" --version | awk '{print $NF}') against $base/openapi.json: $max_examples examples per operation, seed $seed"
-"$st" run "$base/openapi.json" \
+echo "schemathesis $("${st[@]}" --version | awk '{print $NF}') against $base/openapi.json: $max_examples examples per operation, seed $seed"
+# From the temporary directory: schemathesis keeps a cache (.schemathesis/) where it runs.
+cd "$work"
+"${st[@]}" run "$base/openapi.json" \
   --url "$base" \
   --header "Authorization: Bearer $token" \
   --checks all \

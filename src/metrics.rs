@@ -6,15 +6,16 @@
 //! Two kinds of metric live here. Events (polls, deliveries, store writes, 429s) are
 //! counters and histograms in the process-wide recorder: they accumulate from the
 //! moment the recorder is installed. Levels (watches by state and outcome, the
-//! delivery backlog, the allowed rate) belong to one daemon's store and budget: they
-//! are read at scrape time and rendered straight into the answer, so that they are
-//! exact for the daemon asked even when one process runs several (as tests do).
+//! delivery backlog, the allowed rate, and the budget's paused seconds) belong to one
+//! daemon's store and budget: they are read at scrape time and rendered straight into
+//! the answer, so that they are exact for the daemon asked even when one process runs
+//! several (as tests do).
 
 use std::fmt::Write as _;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use ::metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use ::metrics::{counter, describe_counter, describe_histogram, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::model::Outcome;
@@ -28,9 +29,6 @@ pub const POLLS: &str = "jobwatch_polls_total";
 pub const UPSTREAM_LATENCY: &str = "jobwatch_upstream_request_duration_seconds";
 /// Answers that paused every poll: 429, or 503 with Retry-After.
 pub const RATE_LIMITED: &str = "jobwatch_upstream_rate_limited_total";
-/// Seconds of pause those answers imposed (a gauge only because the facade's
-/// counters are integers; it only grows).
-pub const PAUSED_SECONDS: &str = "jobwatch_upstream_paused_seconds_total";
 /// Outcomes stored by polls and deadlines (cancellations by clients are not events).
 pub const OUTCOMES: &str = "jobwatch_outcomes_total";
 /// Webhook delivery attempts, by the delivery's status after the attempt.
@@ -114,11 +112,6 @@ fn describe() {
         RATE_LIMITED,
         "Upstream answers that paused every poll (429, or 503 with Retry-After), by status."
     );
-    describe_gauge!(
-        PAUSED_SECONDS,
-        ::metrics::Unit::Seconds,
-        "Seconds of global pause imposed by the upstream's rate-limit answers (only grows)."
-    );
     describe_counter!(
         OUTCOMES,
         "Watch outcomes stored by polls and deadlines, by outcome."
@@ -140,7 +133,6 @@ fn describe() {
     for status in ["429", "503"] {
         counter!(RATE_LIMITED, "status" => status).increment(0);
     }
-    gauge!(PAUSED_SECONDS).increment(0.0);
     for outcome in Outcome::ALL {
         if outcome.event_type().is_some() {
             counter!(OUTCOMES, "outcome" => outcome.as_str()).increment(0);
@@ -171,11 +163,6 @@ pub fn poll_answered(answer: &PollAnswer, took: Duration) {
         let status = if *status == 503 { "503" } else { "429" };
         counter!(RATE_LIMITED, "status" => status).increment(1);
     }
-}
-
-/// The global pause that rate-limit answers impose now lasts `added` longer.
-pub fn upstream_paused(added: Duration) {
-    gauge!(PAUSED_SECONDS).increment(added.as_secs_f64());
 }
 
 /// A watch's outcome was stored.
@@ -240,6 +227,13 @@ pub fn render(
         } else {
             0.0
         },
+    );
+    // The budget keeps this total in fractions of a second, which the facade's
+    // integer counters cannot: it is rendered from there, as a counter of this daemon.
+    g.counter(
+        "jobwatch_upstream_paused_seconds_total",
+        "Seconds of global pause imposed by the upstream's rate-limit answers (429, or 503 with Retry-After).",
+        health.paused_seconds_total,
     );
     g.one(
         "jobwatch_upstream_in_flight",
@@ -329,22 +323,27 @@ pub fn render(
     out
 }
 
-/// Writes gauges in the text exposition format.
+/// Writes scrape-time values in the text exposition format.
 struct Levels<'a>(&'a mut String);
 
 impl Levels<'_> {
-    fn header(&mut self, name: &str, help: &str) {
+    fn header(&mut self, name: &str, help: &str, kind: &str) {
         // Writing into a String cannot fail.
-        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} gauge");
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
     }
 
     fn one(&mut self, name: &str, help: &str, value: f64) {
-        self.header(name, help);
+        self.header(name, help, "gauge");
+        let _ = writeln!(self.0, "{name} {value}\n");
+    }
+
+    fn counter(&mut self, name: &str, help: &str, value: f64) {
+        self.header(name, help, "counter");
         let _ = writeln!(self.0, "{name} {value}\n");
     }
 
     fn labelled(&mut self, name: &str, help: &str, label: &str, values: &[(&str, f64)]) {
-        self.header(name, help);
+        self.header(name, help, "gauge");
         for (v, n) in values {
             let _ = writeln!(self.0, "{name}{{{label}=\"{}\"}} {n}", escape(v));
         }
@@ -377,7 +376,7 @@ mod tests {
             total_answers: 0,
             total_rate_limited: 0,
             total_errors: 0,
-            paused_seconds_total: 0.0,
+            paused_seconds_total: 2.5,
         }
     }
 
@@ -405,6 +404,8 @@ mod tests {
             "jobwatch_store_up 1",
             "jobwatch_upstream_allowed_rate 25",
             "jobwatch_upstream_in_flight 3",
+            "jobwatch_upstream_paused_seconds_total 2.5",
+            "# TYPE jobwatch_upstream_paused_seconds_total counter",
             "jobwatch_watches_running{state=\"none\"} 2",
             "jobwatch_watches_running{state=\"RUNNING\"} 5",
             "jobwatch_watches_running{state=\"other\"} 2",

@@ -57,8 +57,9 @@ async fn readyz(State(state): State<SharedState>) -> (StatusCode, Json<Value>) {
     }
 }
 
-/// Prometheus metrics (text exposition format 0.0.4): the process's counters and
-/// histograms, then this daemon's levels read now (see `crate::metrics`).
+/// Prometheus metrics (text format 0.0.4): polls by result, upstream latency, 429s
+/// and pauses, outcomes, deliveries by result and their latency, store write latency;
+/// then this daemon's watches by state and outcome, delivery backlog and allowed rate.
 #[utoipa::path(
     get,
     path = "/metrics",
@@ -66,6 +67,8 @@ async fn readyz(State(state): State<SharedState>) -> (StatusCode, Json<Value>) {
     responses((status = 200, description = "The metrics; `jobwatch_store_up` is 0 when the store did not answer.", content_type = "text/plain", body = String)),
 )]
 async fn metrics(State(state): State<SharedState>) -> impl axum::response::IntoResponse {
+    // Events come from the process-wide recorder, levels from this daemon's store
+    // and budget, read now (see `crate::metrics`).
     let counts = match state.store.counts(crate::store::now_ms()).await {
         Ok(c) => Some(c),
         Err(e) => {

@@ -50,6 +50,7 @@ pub fn router(state: SharedState) -> Router {
         .merge(v1)
         .merge(health::routes())
         .merge(openapi::routes())
+        .layer(middleware::map_response(error::json_errors))
         .layer(DefaultBodyLimit::max(state.settings.api.max_body_bytes))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let route = req

@@ -166,7 +166,10 @@ async fn show_delivery(
     Path(raw): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let did = parse_delivery_id(&raw)?;
-    let found = state.store.list_deliveries(None, 1, Some(did.saturating_add(1))).await?;
+    let found = state
+        .store
+        .list_deliveries(None, 1, Some(did.saturating_add(1)))
+        .await?;
     let d = found
         .into_iter()
         .find(|d| d.did == did)

@@ -261,6 +261,10 @@ async fn bench(
     );
     main_settings.insert("upstream.base_url".into(), sim_url.clone());
     let mut daemon = DaemonProcess::start(&exe, &main_settings, dir, "main").await?;
+    progress(format_args!(
+        "daemon pid {} on {} (a profiler can attach: perf record -p {})",
+        daemon.pid, daemon.url, daemon.pid
+    ));
     let polls_before = sim.requests_received();
     let before = daemon.sample().unwrap_or_default();
 
@@ -315,7 +319,8 @@ async fn bench(
                 .iter()
                 .rev()
                 .nth(4)
-                .map(|s| (sample.polls - s.polls) as f64 / (sample.t - s.t))
+                .or(timeline.first())
+                .map(|s| (sample.polls - s.polls) as f64 / (sample.t - s.t).max(1e-9))
                 .unwrap_or(0.0);
             progress(format_args!(
                 "{:>4.0}s  {:>7.0} polls/s  delivered {delivered}/{n}  rss {:.1} MiB  overdue {}",

@@ -17,7 +17,7 @@ use serde::Serialize;
 use tokio::sync::{Notify, Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
-use crate::upstream::PollAnswer;
+use crate::upstream::{retry_after, PollAnswer};
 
 #[derive(Debug, Clone)]
 pub struct BudgetSettings {
@@ -296,7 +296,7 @@ impl Budget {
                 let pause = match retry_after {
                     Some(d) => {
                         inner.bare_429_streak = 0;
-                        Some((*d).clamp(s.min_retry_after, s.max_retry_after))
+                        Some(retry_after::clamp(*d, s.min_retry_after, s.max_retry_after))
                     }
                     // Sent before we last backed off: the same overload, already answered.
                     None if inner.last_backoff.is_some_and(|at| slot.issued < at) => None,
@@ -321,7 +321,6 @@ impl Budget {
                         let counted_from = inner.paused_until.filter(|p| *p > now).unwrap_or(now);
                         inner.paused_ms_total +=
                             until.duration_since(counted_from).as_millis() as u64;
-                        crate::metrics::upstream_paused(until.duration_since(counted_from));
                         inner.paused_until = Some(until);
                     }
                 }

@@ -98,6 +98,57 @@ mod tests {
     }
 
     #[test]
+    fn without_jitter_the_cadence_is_exact() {
+        let c = Cadence {
+            jitter: 0.0,
+            ..cadence()
+        };
+        let mut rng = StdRng::seed_from_u64(3);
+        for s in [1, 2, 60] {
+            let d = Duration::from_secs(s);
+            assert_eq!(c.jittered(d, &mut rng), d);
+        }
+    }
+
+    #[test]
+    fn the_same_random_source_gives_the_same_schedule() {
+        let c = cadence();
+        let schedule = |seed| {
+            let mut rng = StdRng::seed_from_u64(seed);
+            (1..=8)
+                .map(|n| c.error_backoff(n, &mut rng))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(schedule(42), schedule(42));
+        assert_ne!(schedule(42), schedule(43));
+    }
+
+    #[test]
+    fn error_backoff_never_spins() {
+        let c = cadence();
+        let mut rng = StdRng::seed_from_u64(9);
+        assert!((0..10_000).all(|_| c.error_backoff(1, &mut rng) >= Duration::from_millis(50)));
+        // A base below the floor: the ceiling is the floor and the wait is exact.
+        let tiny = Cadence {
+            error_base: Duration::from_millis(10),
+            ..cadence()
+        };
+        assert_eq!(tiny.error_backoff(1, &mut rng), Duration::from_millis(10));
+        // n = 0 is treated as the first error, not an underflow.
+        assert_eq!(c.error_ceiling(0), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn the_first_error_waits_at_most_the_base() {
+        let c = cadence();
+        let mut rng = StdRng::seed_from_u64(5);
+        let draws: Vec<Duration> = (0..1000).map(|_| c.error_backoff(1, &mut rng)).collect();
+        assert!(draws.iter().all(|d| *d <= Duration::from_secs(1)));
+        let mean = draws.iter().map(Duration::as_secs_f64).sum::<f64>() / 1000.0;
+        assert!((0.4..0.6).contains(&mean), "uniform over [0, base]: {mean}");
+    }
+
+    #[test]
     fn error_backoff_doubles_up_to_the_cap_with_full_jitter() {
         let c = cadence();
         let ceilings: Vec<u64> = (1..=11).map(|n| c.error_ceiling(n).as_secs()).collect();

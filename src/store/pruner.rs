@@ -92,3 +92,28 @@ impl Pruner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn pruner(retention: Duration) -> (tempfile::TempDir, Pruner) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("p.db").display());
+        let store: DynStore =
+            Arc::new(super::super::sqlite::SqliteStore::open(&url).await.unwrap());
+        (dir, Pruner::new(store, retention))
+    }
+
+    #[tokio::test]
+    async fn looks_ten_times_per_retention_within_bounds() {
+        for (retention, every) in [
+            (Duration::from_secs(7 * 86_400), Duration::from_secs(600)),
+            (Duration::from_secs(600), Duration::from_secs(60)),
+            (Duration::from_secs(2), Duration::from_secs(1)),
+        ] {
+            let (_dir, p) = pruner(retention).await;
+            assert_eq!(p.interval(), every, "{retention:?}");
+        }
+    }
+}

@@ -51,6 +51,20 @@ impl SqliteStore {
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
         let path = base.get_filename().to_path_buf();
+        // A write-ahead log without its database: the database was deleted after a
+        // crash, and starting afresh would silently drop everything it held.
+        let mut wal = path.clone().into_os_string();
+        wal.push("-wal");
+        let wal_len = tokio::fs::metadata(&wal)
+            .await
+            .map(|m| m.len())
+            .unwrap_or(0);
+        if wal_len > 0 && !tokio::fs::try_exists(&path).await.unwrap_or(true) {
+            return Err(StoreError::Unusable(format!(
+                "{url}: the database file is missing but its write-ahead log {} is there; restore the database file, or remove the -wal file to start with an empty store",
+                std::path::Path::new(&wal).display()
+            )));
+        }
         // Look before touching: an existing file must be a jobwatch database. The
         // look is read-only, so someone else's file is left exactly as it was.
         if tokio::fs::try_exists(&path).await.unwrap_or(false) {
@@ -87,6 +101,23 @@ impl SqliteStore {
             .min_connections(1)
             .acquire_timeout(WRITER_WAIT)
             .before_acquire(guard.clone().hook())
+            // A COMMIT that fails (a full disk) leaves sqlx's transaction depth out of
+            // step with SQLite: the next `begin` would issue a SAVEPOINT inside a
+            // transaction that never commits, and writes would be acknowledged that
+            // were never written. A connection still in a transaction when it comes
+            // back is closed, never reused. The ping first lets a queued ROLLBACK run.
+            .after_release(|conn, _| {
+                Box::pin(async move {
+                    conn.ping().await?;
+                    let clean = !conn.is_in_transaction();
+                    if !clean {
+                        tracing::warn!(
+                            "closing a store connection left inside a failed transaction"
+                        );
+                    }
+                    Ok(clean)
+                })
+            })
             .connect_with(options.clone())
             .await
             .map_err(|e| unusable(url, e))?;
@@ -102,7 +133,8 @@ impl SqliteStore {
 }
 
 fn unusable(url: &str, e: sqlx::Error) -> StoreError {
-    let not_a_database = matches!(&e, sqlx::Error::Database(d) if d.code().as_deref() == Some("26"));
+    let not_a_database =
+        matches!(&e, sqlx::Error::Database(d) if d.code().as_deref() == Some("26"));
     if not_a_database {
         StoreError::Unusable(format!(
             "{url} is not a SQLite database ({e}); point store.url at a new file or at a jobwatch database"
@@ -163,9 +195,15 @@ impl FileGuard {
         if id != seen.id {
             let path = self.path.display();
             match (seen.id, id) {
-                (_, None) => tracing::error!(%path, "the database file is gone (removed or renamed); refusing every read and write until it is back"),
-                (None, Some(_)) => tracing::warn!(%path, "the database file is back; using it again"),
-                (Some(_), Some(_)) => tracing::warn!(%path, "the database file was replaced; reopening it"),
+                (_, None) => {
+                    tracing::error!(%path, "the database file is gone (removed or renamed); refusing every read and write until it is back")
+                }
+                (None, Some(_)) => {
+                    tracing::warn!(%path, "the database file is back; using it again")
+                }
+                (Some(_), Some(_)) => {
+                    tracing::warn!(%path, "the database file was replaced; reopening it")
+                }
             }
             seen.id = id;
             seen.since = std::time::Instant::now();
@@ -302,6 +340,188 @@ fn attempt_from_row(row: &SqliteRow) -> Result<AttemptRecord> {
 
 fn new_webhook_id() -> String {
     format!("msg_{}", ulid::Ulid::new())
+}
+
+/// Consecutive runs `[from, to)` of `keys` in which no key repeats. A batch is
+/// written with one statement per run (`UPDATE ... FROM json_each`), and such an
+/// UPDATE applies only one of several rows that match the same target.
+fn distinct_runs(keys: impl Iterator<Item = i64>) -> Vec<(usize, usize)> {
+    let mut runs = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut from = 0;
+    let mut n = 0;
+    for (i, k) in keys.enumerate() {
+        if !seen.insert(k) {
+            runs.push((from, i));
+            seen.clear();
+            seen.insert(k);
+            from = i;
+        }
+        n = i + 1;
+    }
+    if n > from {
+        runs.push((from, n));
+    }
+    runs
+}
+
+fn json_param(rows: &[serde_json::Value]) -> Result<String> {
+    serde_json::to_string(rows).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// Poll results as three statements whatever their number (the updates, their
+/// events, the events' deliveries), the rows travelling as one JSON array: a
+/// statement per row cost a round trip to sqlx's SQLite thread each, and that
+/// capped the poll rate (BENCHMARKS.md). `updates` has each wid at most once.
+async fn apply_watch_group(
+    tx: &mut sqlx::SqliteConnection,
+    updates: &[WatchUpdate],
+    applied: &mut [bool],
+) -> Result<()> {
+    let rows: Vec<serde_json::Value> = updates
+        .iter()
+        .map(|u| {
+            let r = &u.record;
+            serde_json::json!([
+                r.wid,
+                r.generation,
+                r.state,
+                r.upstream.created,
+                r.upstream.started,
+                r.upstream.ended,
+                json_text(&r.upstream.errors),
+                r.outcome.map(|o| o.as_str()),
+                r.outcome_at,
+                r.last_poll_at,
+                r.next_poll_at,
+                r.interval_ms,
+                r.poll_count,
+                r.error_count,
+                r.consecutive_errors,
+                r.last_error,
+                r.not_found_since,
+            ])
+        })
+        .collect();
+    let done: std::collections::HashSet<i64> = sqlx::query_scalar(
+        "UPDATE watches SET state = u.value ->> 2, upstream_created = u.value ->> 3,
+            upstream_started = u.value ->> 4, upstream_ended = u.value ->> 5,
+            upstream_errors = u.value ->> 6, outcome = u.value ->> 7, outcome_at = u.value ->> 8,
+            last_poll_at = u.value ->> 9, next_poll_at = u.value ->> 10, interval_ms = u.value ->> 11,
+            poll_count = u.value ->> 12, error_count = u.value ->> 13,
+            consecutive_errors = u.value ->> 14, last_error = u.value ->> 15,
+            not_found_since = u.value ->> 16, leased_until = NULL
+         FROM json_each(?1) AS u
+         WHERE watches.wid = u.value ->> 0 AND watches.generation = u.value ->> 1
+           AND watches.outcome IS NULL
+         RETURNING watches.wid",
+    )
+    .bind(json_param(&rows)?)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
+    for (u, a) in updates.iter().zip(applied.iter_mut()) {
+        *a = done.contains(&u.record.wid);
+    }
+    let events: Vec<(&WatchRecord, &NewEvent)> = updates
+        .iter()
+        .zip(applied.iter())
+        .filter(|(_, a)| **a)
+        .filter_map(|(u, _)| u.event.as_ref().map(|e| (&u.record, e)))
+        .collect();
+    if events.is_empty() {
+        return Ok(());
+    }
+    let created = |r: &WatchRecord| r.outcome_at.unwrap_or_else(now_ms);
+    let rows: Vec<serde_json::Value> = events
+        .iter()
+        .map(|(r, e)| serde_json::json!([r.wid, r.generation, e.event_type, e.body, created(r)]))
+        .collect();
+    let eids: std::collections::HashMap<i64, i64> = sqlx::query_as(
+        "INSERT INTO events (wid, generation, type, body, created_at)
+         SELECT e.value ->> 0, e.value ->> 1, e.value ->> 2, e.value ->> 3, e.value ->> 4
+         FROM json_each(?1) AS e
+         RETURNING wid, eid",
+    )
+    .bind(json_param(&rows)?)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
+    let mut rows = Vec::new();
+    for (r, e) in &events {
+        let eid = eids
+            .get(&r.wid)
+            .ok_or_else(|| StoreError::Corrupt(format!("no event was stored for watch {}", r.wid)))?;
+        for d in &e.deliveries {
+            rows.push(serde_json::json!([
+                eid,
+                r.wid,
+                new_webhook_id(),
+                d.target.as_str(),
+                d.url,
+                created(r)
+            ]));
+        }
+    }
+    if !rows.is_empty() {
+        sqlx::query(
+            "INSERT INTO deliveries (eid, wid, webhook_id, target, url, status, next_attempt_at, created_at)
+             SELECT d.value ->> 0, d.value ->> 1, d.value ->> 2, d.value ->> 3, d.value ->> 4,
+                    'pending', d.value ->> 5, d.value ->> 5
+             FROM json_each(?1) AS d",
+        )
+        .bind(json_param(&rows)?)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Delivery attempts as two statements whatever their number (see
+/// `apply_watch_group`). `results` has each did at most once.
+async fn record_attempt_group(
+    tx: &mut sqlx::SqliteConnection,
+    results: &[AttemptResult],
+) -> Result<()> {
+    let rows: Vec<serde_json::Value> = results
+        .iter()
+        .map(|r| {
+            let a = &r.attempt;
+            serde_json::json!([
+                r.did,
+                r.next.as_str(),
+                r.next_attempt_at,
+                a.status_code,
+                a.error,
+                a.at,
+                a.duration_ms,
+                a.response
+            ])
+        })
+        .collect();
+    let rows = json_param(&rows)?;
+    sqlx::query(
+        "INSERT INTO attempts (did, at, status_code, error, duration_ms, response)
+         SELECT a.value ->> 0, a.value ->> 5, a.value ->> 3, a.value ->> 4, a.value ->> 6, a.value ->> 7
+         FROM json_each(?1) AS a",
+    )
+    .bind(&rows)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE deliveries SET status = a.value ->> 1, attempts = attempts + 1,
+            next_attempt_at = a.value ->> 2, leased_until = NULL,
+            last_status = a.value ->> 3, last_error = a.value ->> 4,
+            delivered_at = CASE WHEN a.value ->> 1 = 'delivered' THEN a.value ->> 5 ELSE delivered_at END
+         FROM json_each(?1) AS a
+         WHERE deliveries.did = a.value ->> 0",
+    )
+    .bind(&rows)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 #[async_trait::async_trait]
@@ -496,8 +716,9 @@ impl Store for SqliteStore {
     }
 
     async fn count_due(&self, now: Millis) -> Result<u64> {
+        // As `recover` sees them: the leases of a stopped daemon are due again too.
         let n: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM watches WHERE outcome IS NULL AND next_poll_at <= ?1",
+            "SELECT count(*) FROM watches WHERE outcome IS NULL AND (next_poll_at <= ?1 OR leased_until IS NOT NULL)",
         )
         .bind(now)
         .fetch_one(&self.reader)
@@ -506,68 +727,10 @@ impl Store for SqliteStore {
     }
 
     async fn apply_watch_updates(&self, updates: &[WatchUpdate]) -> Result<Vec<bool>> {
-        let mut applied = Vec::with_capacity(updates.len());
+        let mut applied = vec![false; updates.len()];
         let mut tx = self.writer.begin().await?;
-        for u in updates {
-            let r = &u.record;
-            let done = sqlx::query(
-                "UPDATE watches SET state = ?3, upstream_created = ?4, upstream_started = ?5, upstream_ended = ?6,
-                    upstream_errors = ?7, outcome = ?8, outcome_at = ?9, last_poll_at = ?10, next_poll_at = ?11,
-                    interval_ms = ?12, poll_count = ?13, error_count = ?14, consecutive_errors = ?15,
-                    last_error = ?16, not_found_since = ?17, leased_until = NULL
-                 WHERE wid = ?1 AND generation = ?2 AND outcome IS NULL",
-            )
-            .bind(r.wid)
-            .bind(r.generation)
-            .bind(&r.state)
-            .bind(&r.upstream.created)
-            .bind(&r.upstream.started)
-            .bind(&r.upstream.ended)
-            .bind(json_text(&r.upstream.errors))
-            .bind(r.outcome.map(|o| o.as_str()))
-            .bind(r.outcome_at)
-            .bind(r.last_poll_at)
-            .bind(r.next_poll_at)
-            .bind(r.interval_ms)
-            .bind(r.poll_count)
-            .bind(r.error_count)
-            .bind(r.consecutive_errors)
-            .bind(&r.last_error)
-            .bind(r.not_found_since)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                == 1;
-            if done {
-                if let Some(event) = &u.event {
-                    let created_at = r.outcome_at.unwrap_or_else(now_ms);
-                    let eid: i64 = sqlx::query_scalar(
-                        "INSERT INTO events (wid, generation, type, body, created_at) VALUES (?1, ?2, ?3, ?4, ?5) RETURNING eid",
-                    )
-                    .bind(r.wid)
-                    .bind(r.generation)
-                    .bind(event.event_type)
-                    .bind(&event.body)
-                    .bind(created_at)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    for d in &event.deliveries {
-                        sqlx::query(
-                            "INSERT INTO deliveries (eid, wid, webhook_id, target, url, status, next_attempt_at, created_at)
-                             VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?6)",
-                        )
-                        .bind(eid)
-                        .bind(r.wid)
-                        .bind(new_webhook_id())
-                        .bind(d.target.as_str())
-                        .bind(&d.url)
-                        .bind(created_at)
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                }
-            }
-            applied.push(done);
+        for (from, to) in distinct_runs(updates.iter().map(|u| u.record.wid)) {
+            apply_watch_group(&mut tx, &updates[from..to], &mut applied[from..to]).await?;
         }
         tx.commit().await?;
         Ok(applied)
@@ -623,33 +786,8 @@ impl Store for SqliteStore {
 
     async fn record_attempts(&self, results: &[AttemptResult]) -> Result<()> {
         let mut tx = self.writer.begin().await?;
-        for r in results {
-            let a = &r.attempt;
-            sqlx::query(
-                "INSERT INTO attempts (did, at, status_code, error, duration_ms, response) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )
-            .bind(r.did)
-            .bind(a.at)
-            .bind(a.status_code)
-            .bind(&a.error)
-            .bind(a.duration_ms)
-            .bind(&a.response)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "UPDATE deliveries SET status = ?2, attempts = attempts + 1, next_attempt_at = ?3, leased_until = NULL,
-                    last_status = ?4, last_error = ?5,
-                    delivered_at = CASE WHEN ?2 = 'delivered' THEN ?6 ELSE delivered_at END
-                 WHERE did = ?1",
-            )
-            .bind(r.did)
-            .bind(r.next.as_str())
-            .bind(r.next_attempt_at)
-            .bind(a.status_code)
-            .bind(&a.error)
-            .bind(a.at)
-            .execute(&mut *tx)
-            .await?;
+        for (from, to) in distinct_runs(results.iter().map(|r| r.did)) {
+            record_attempt_group(&mut tx, &results[from..to]).await?;
         }
         tx.commit().await?;
         Ok(())

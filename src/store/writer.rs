@@ -23,7 +23,7 @@ pub struct Signals {
     pub finished: broadcast::Sender<i64>,
     /// Deliveries were queued: the dispatcher should look.
     pub deliveries: Notify,
-    /// Watches were posted: the poller should look.
+    /// Watches were posted or rescheduled: the poller should look.
     pub watches: Notify,
 }
 
@@ -39,15 +39,24 @@ impl Signals {
     /// Announce what a committed batch of watch updates did.
     pub fn watches_committed(&self, updates: &[WatchUpdate], applied: &[bool]) {
         let mut queued = false;
+        let mut rescheduled = false;
         for (u, ok) in updates.iter().zip(applied) {
             if let (true, Some(outcome)) = (*ok, u.record.outcome) {
                 crate::metrics::outcome_stored(outcome);
                 let _ = self.finished.send(u.record.wid);
                 queued |= u.event.as_ref().is_some_and(|e| !e.deliveries.is_empty());
+            } else if *ok {
+                rescheduled = true;
             }
         }
         if queued {
             self.deliveries.notify_one();
+        }
+        // A still-running watch got its next poll time (maybe in 100 ms): the poller,
+        // asleep on the leased row's far-off time, must look again or it oversleeps
+        // by up to a second.
+        if rescheduled {
+            self.watches.notify_one();
         }
     }
 }
@@ -102,6 +111,11 @@ async fn run(store: DynStore, signals: Arc<Signals>, mut rx: mpsc::Receiver<Writ
             let started = std::time::Instant::now();
             retry("delivery attempts", || store.record_attempts(&attempts)).await;
             crate::metrics::store_write("delivery_attempts", started.elapsed());
+            // A retry is now due (maybe in a few ms): the dispatcher, asleep on the
+            // leased row's far-off time, must look again or it oversleeps by up to a second.
+            if attempts.iter().any(|a| a.next_attempt_at.is_some()) {
+                signals.deliveries.notify_one();
+            }
         }
     }
 }

@@ -17,9 +17,10 @@ pub fn parse(value: &str, now: SystemTime) -> Option<Duration> {
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
-/// Clamp an honoured delay to `[min, max]`.
+/// Clamp an honoured delay to `[min, max]` (`max` wins should the bounds cross,
+/// where `Duration::clamp` would panic).
 pub fn clamp(d: Duration, min: Duration, max: Duration) -> Duration {
-    d.clamp(min, max)
+    d.max(min).min(max)
 }
 
 #[cfg(test)]
@@ -77,9 +78,48 @@ mod tests {
     }
 
     #[test]
+    fn a_date_counts_from_the_injected_now_to_the_millisecond() {
+        let now = at(RFC_EXAMPLE - 30) + Duration::from_millis(400);
+        assert_eq!(
+            parse("  Sun, 06 Nov 1994 08:49:37 GMT ", now),
+            Some(Duration::from_millis(29_600))
+        );
+        // The same instant as delay-seconds and as a date gives the same wait.
+        let now = at(RFC_EXAMPLE - 120);
+        assert_eq!(
+            parse("120", now),
+            parse("Sun, 06 Nov 1994 08:49:37 GMT", now)
+        );
+        assert_eq!(
+            parse("Sun, 06 Nov 1994 08:49:37 GMT", at(RFC_EXAMPLE)),
+            Some(Duration::ZERO),
+            "the date itself is no wait"
+        );
+    }
+
+    #[test]
+    fn near_misses_are_not_valid() {
+        assert_eq!(parse("+5", at(0)), None);
+        assert_eq!(parse("5s", at(0)), None);
+        assert_eq!(parse("1 2", at(0)), None);
+        assert_eq!(parse("Sun, 06 Nov 1994 08:49:37 PST", at(0)), None);
+        assert_eq!(parse("Sun, 06 Nov 1994", at(0)), None);
+        assert_eq!(parse("1994-11-06T08:49:37Z", at(0)), None);
+    }
+
+    #[test]
     fn clamping() {
         let (lo, hi) = (Duration::from_secs(1), Duration::from_secs(600));
         assert_eq!(clamp(Duration::ZERO, lo, hi), lo);
         assert_eq!(clamp(Duration::from_secs(86_400), lo, hi), hi);
+        assert_eq!(
+            clamp(Duration::from_secs(30), lo, hi),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            clamp(Duration::from_secs(30), hi, lo),
+            lo,
+            "crossed bounds do not panic"
+        );
     }
 }

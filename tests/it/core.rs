@@ -232,8 +232,13 @@ fn ids_of(jobs: &[Value]) -> BTreeSet<String> {
 async fn list_filters_and_cursors_page_through_1000_watches() {
     let sim = Sim::start(Sim::fast()).await;
     let (_dir, db) = temp_db();
-    // The 300 watches that never end poll less often once their state holds.
-    let app = App::start(settings(&db, &sim.url, &[("poller.max_interval", "2s")])).await;
+    // The cadence grows fast, so the 300 watches that never end soon poll rarely.
+    let app = App::start(settings(
+        &db,
+        &sim.url,
+        &[("poller.max_interval", "10s"), ("poller.growth", "4")],
+    ))
+    .await;
     let t0 = Instant::now();
     let batches: [(&str, &str, usize); 3] = [
         ("copy", "succeed", 400),
@@ -263,17 +268,6 @@ async fn list_filters_and_cursors_page_through_1000_watches() {
     .await;
 
     eprintln!("1,000 watches: 700 ended after {:?}", t0.elapsed());
-    for q in ["limit=64", "limit=1", "limit=64&kind=copy", "limit=64&running=true", "limit=2&cursor=9999999999999.5", "limit=1000"] {
-        let t = Instant::now();
-        for _ in 0..20 { app.get(&format!("/v1/jobs?{q}")).await; }
-        eprintln!("{q}: {:?} per request", t.elapsed() / 20);
-    }
-    let t = Instant::now();
-    for _ in 0..20 { app.get("/v1/status").await; }
-    eprintln!("status: {:?} per request", t.elapsed() / 20);
-    let t = Instant::now();
-    for _ in 0..20 { app.get("/healthz").await; }
-    eprintln!("healthz: {:?} per request", t.elapsed() / 20);
     // Every watch once, whatever the page size.
     for limit in [1000, 77, 10] {
         let all = page_all(&app, "", limit).await;
@@ -735,5 +729,45 @@ async fn api_token_guards_every_v1_route() {
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.expect("status body");
     assert_eq!(body["watches"]["running"], 1, "{body}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_watch_polls_on_its_own_growing_cadence() {
+    let sim = Sim::start(Sim::fast()).await;
+    let (_dir, db) = temp_db();
+    // initial 100 ms, growth 1.5, jitter 0.2: 100, 150, 225, 338, 400 (the max)...
+    let app = App::start(settings(&db, &sim.url, &[])).await;
+    let posted = now_ms() as f64;
+    let (status, _) = app
+        .post_jobs(json!({"kind": "copy", "ids": ["running-cad"]}))
+        .await;
+    assert_eq!(status, 202);
+    eventually(10, "six polls", || async {
+        match sim.sim.polls_of("copy", "running-cad") {
+            n if n >= 6 => Ok(()),
+            n => Err(n.to_string()),
+        }
+    })
+    .await;
+    let times: Vec<f64> = sim
+        .sim
+        .request_log()
+        .into_iter()
+        .filter(|r| r.path == "/products/running-cad/search/copy/status")
+        .map(|r| r.t_ms)
+        .take(6)
+        .collect();
+    let mut gaps = vec![times[0] - posted];
+    gaps.extend(times.windows(2).map(|w| w[1] - w[0]));
+    eprintln!("poll gaps (ms): {gaps:?}");
+    let expected = [100.0, 100.0, 150.0, 225.0, 337.5, 400.0];
+    for (gap, want) in gaps.iter().zip(expected) {
+        // +-20% jitter, plus a little for the request itself.
+        assert!(
+            *gap >= want * 0.8 - 5.0 && *gap <= want * 1.2 + 250.0,
+            "poll gaps {gaps:?} do not follow {expected:?}"
+        );
+    }
     app.stop().await;
 }

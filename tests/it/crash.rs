@@ -71,8 +71,10 @@ impl ConfigFile {
             secret.to_whsec()
         ));
         if !events.is_empty() {
-            self.tail
-                .push_str(&format!("events = {}\n", serde_json::to_string(events).unwrap()));
+            self.tail.push_str(&format!(
+                "events = {}\n",
+                serde_json::to_string(events).unwrap()
+            ));
         }
         self
     }
@@ -216,7 +218,12 @@ impl Proc {
                     }
                     panic!("jobwatch serve exited at start ({status}):\n{log}");
                 }
-                if let Ok(r) = proc.client.get(format!("{}/healthz", proc.url)).send().await {
+                if let Ok(r) = proc
+                    .client
+                    .get(format!("{}/healthz", proc.url))
+                    .send()
+                    .await
+                {
                     if r.status() == 200 {
                         return proc;
                     }
@@ -253,7 +260,9 @@ impl Proc {
 
     /// The exit status if it has exited.
     pub fn try_exit(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Waits for the child to exit by itself; panics (with its log) after `within`.
@@ -383,9 +392,9 @@ const PREFIXES: [(&str, &str, &str); 7] = [
 ];
 /// The configured endpoint hears of these only; the watch URL hears of everything.
 const OPS_EVENTS: [&str; 2] = ["job.failed", "job.not_found"];
-const MIN_WATCHES: usize = 2400;
+const MIN_WATCHES: usize = 2000;
 const MIN_KILLS: usize = 12;
-const MAX_KILLS: usize = 30;
+const MAX_KILLS: usize = 40;
 
 fn expected(id: &str) -> (&'static str, &'static str) {
     PREFIXES
@@ -445,11 +454,16 @@ async fn post_all(
             in_flight.store(false, Ordering::SeqCst);
             match answer {
                 Ok((202, b)) => {
-                    stats.acked.fetch_add(batch.ids.len() as u64, Ordering::Relaxed);
-                    stats.new.fetch_add(b["new"].as_u64().unwrap_or(0), Ordering::Relaxed);
                     stats
-                        .already
-                        .fetch_add(b["already_watching"].as_u64().unwrap_or(0), Ordering::Relaxed);
+                        .acked
+                        .fetch_add(batch.ids.len() as u64, Ordering::Relaxed);
+                    stats
+                        .new
+                        .fetch_add(b["new"].as_u64().unwrap_or(0), Ordering::Relaxed);
+                    stats.already.fetch_add(
+                        b["already_watching"].as_u64().unwrap_or(0),
+                        Ordering::Relaxed,
+                    );
                     break;
                 }
                 Ok((status, b)) => panic!("POST /v1/jobs answered {status}: {b}"),
@@ -462,7 +476,7 @@ async fn post_all(
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tokio::time::sleep(Duration::from_millis(rng.random_range(150..700))).await;
+        tokio::time::sleep(Duration::from_millis(rng.random_range(100..450))).await;
     }
 }
 
@@ -486,7 +500,9 @@ fn heard(rs: &[Received]) -> Vec<Heard<'_>> {
 }
 
 fn millis(rfc3339: &Value) -> i64 {
-    let s = rfc3339.as_str().unwrap_or_else(|| panic!("not a time: {rfc3339}"));
+    let s = rfc3339
+        .as_str()
+        .unwrap_or_else(|| panic!("not a time: {rfc3339}"));
     chrono::DateTime::parse_from_rfc3339(s)
         .unwrap_or_else(|e| panic!("{s}: {e}"))
         .timestamp_millis()
@@ -519,8 +535,8 @@ async fn kill_9_at_random_moments_loses_nothing_acknowledged() {
 
     let sim = Sim::start(SimulateArgs {
         seed,
-        min_running: Duration::from_millis(200),
-        max_running: Duration::from_millis(1200),
+        min_running: Duration::from_millis(100),
+        max_running: Duration::from_millis(700),
         ..Sim::fast()
     })
     .await;
@@ -548,7 +564,11 @@ async fn kill_9_at_random_moments_loses_nothing_acknowledged() {
     let mut batches = Vec::new();
     let mut total = 0;
     while total < MIN_WATCHES {
-        let kind = if rng.random_bool(0.5) { "copy" } else { "delete" };
+        let kind = if rng.random_bool(0.5) {
+            "copy"
+        } else {
+            "delete"
+        };
         let n = rng.random_range(80..=220);
         let ids = (total..total + n)
             .map(|i| format!("{}{i:05}", PREFIXES[rng.random_range(0..PREFIXES.len())].0))
@@ -556,9 +576,22 @@ async fn kill_9_at_random_moments_loses_nothing_acknowledged() {
         batches.push(Batch { kind, ids });
         total += n;
     }
+    // The first two batches again at the end: what ended by then starts a new
+    // generation, with its own events.
+    for again in 0..2 {
+        batches.push(Batch {
+            kind: batches[again].kind,
+            ids: batches[again].ids.clone(),
+        });
+    }
+    let sent: usize = batches.iter().map(|b| b.ids.len()).sum();
     let posted: HashMap<(String, String), ()> = batches
         .iter()
-        .flat_map(|b| b.ids.iter().map(|id| ((b.kind.to_string(), id.clone()), ())))
+        .flat_map(|b| {
+            b.ids
+                .iter()
+                .map(|id| ((b.kind.to_string(), id.clone()), ()))
+        })
         .collect();
     let n_batches = batches.len();
 
@@ -609,9 +642,7 @@ async fn kill_9_at_random_moments_loses_nothing_acknowledged() {
                 // Kill while a receiver holds a request open.
                 let deadline = Instant::now() + Duration::from_secs(3);
                 let open = |rx: &TestReceiver| {
-                    rx.received()
-                        .iter()
-                        .any(|r| r.at >= round && r.status == 0)
+                    rx.received().iter().any(|r| r.at >= round && r.status == 0)
                 };
                 while !(open(&hooks) || open(&ops)) && Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(2)).await;
@@ -651,7 +682,7 @@ async fn kill_9_at_random_moments_loses_nothing_acknowledged() {
         latest.insert(key, w);
     }
     let acked = stats.acked.load(Ordering::Relaxed) as usize;
-    assert_eq!(acked, total, "every batch was answered 202 in the end");
+    assert_eq!(acked, sent, "every batch was answered 202 in the end");
     let missing: Vec<_> = posted.keys().filter(|k| !latest.contains_key(*k)).collect();
     assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
 
@@ -680,7 +711,10 @@ async fn kill_9_at_random_moments_loses_nothing_acknowledged() {
             assert_eq!(h.r.body["type"], event_type, "{name}: {}", h.r.body);
             assert_eq!(h.r.body["data"]["outcome"], outcome, "{name}: {}", h.r.body);
             if name == "endpoint" {
-                assert!(OPS_EVENTS.contains(&event_type), "the endpoint got {event_type}");
+                assert!(
+                    OPS_EVENTS.contains(&event_type),
+                    "the endpoint got {event_type}"
+                );
             }
             ids_of
                 .entry((h.kind.clone(), h.id.clone(), h.generation))
@@ -694,7 +728,11 @@ async fn kill_9_at_random_moments_loses_nothing_acknowledged() {
             }
         }
         for (key, ids) in &ids_of {
-            assert_eq!(ids.len(), 1, "{name}: {key:?} came under several webhook-ids: {ids:?}");
+            assert_eq!(
+                ids.len(),
+                1,
+                "{name}: {key:?} came under several webhook-ids: {ids:?}"
+            );
         }
         let delivered: HashSet<(String, String, i64)> = heard(got)
             .into_iter()
@@ -723,7 +761,11 @@ async fn kill_9_at_random_moments_loses_nothing_acknowledged() {
         .map(|r| r.webhook_id.as_str())
         .collect();
     let d = &status["webhooks"]["deliveries"];
-    assert_eq!(d["delivered"], ok_ids.len(), "delivered per the daemon vs distinct webhook-ids received: {status}");
+    assert_eq!(
+        d["delivered"],
+        ok_ids.len(),
+        "delivered per the daemon vs distinct webhook-ids received: {status}"
+    );
     for s in ["pending", "retrying", "dead", "gone"] {
         assert_eq!(d[s], 0, "{s}: {status}");
     }
@@ -757,13 +799,19 @@ async fn kill_9_at_random_moments_loses_nothing_acknowledged() {
             .get(key)
             .unwrap_or_else(|| panic!("{key:?} was polled but has no event"));
         total_polls += times.len();
-        stored_polls += gens.values().map(|d| d["poll_count"].as_i64().unwrap()).sum::<i64>();
+        stored_polls += gens
+            .values()
+            .map(|d| d["poll_count"].as_i64().unwrap())
+            .sum::<i64>();
         for t in times {
             let inside = gens.values().any(|d| {
                 millis(&d["watched_at"]) as f64 - SLACK_MS <= *t
                     && *t <= millis(&d["ended_at"]) as f64 + SLACK_MS
             });
-            assert!(inside, "{key:?} was polled at {t} outside its generations: {gens:?}");
+            assert!(
+                inside,
+                "{key:?} was polled at {t} outside its generations: {gens:?}"
+            );
         }
     }
     assert!(
@@ -777,7 +825,11 @@ async fn kill_9_at_random_moments_loses_nothing_acknowledged() {
     assert!(exit.success(), "exit after SIGTERM: {exit}\n{}", proc.log());
 
     let requests = hooks_got.len() + ops_got.len();
-    let cut = hooks_got.iter().chain(&ops_got).filter(|r| r.status == 0).count();
+    let cut = hooks_got
+        .iter()
+        .chain(&ops_got)
+        .filter(|r| r.status == 0)
+        .count();
     let ok_requests = hooks_got.iter().chain(&ops_got).filter(|r| r.ok).count();
     let regenerated = latest
         .values()

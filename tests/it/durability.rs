@@ -106,21 +106,27 @@ async fn pruning_forgets_ended_watches_past_retention_and_keeps_the_rest() {
     assert_eq!(s, 200, "{b}");
     good.wait_for(300, Duration::from_secs(30)).await;
     let kept = app.wait_outcome("copy", "failed-keep", 10).await;
-    eventually(Duration::from_secs(10), "failed-keep's delivery is retrying", || async {
-        let (_, w) = app.get("/v1/jobs/copy/failed-keep").await;
-        w["deliveries"][0]["status"] == "retrying"
-    })
+    eventually(
+        Duration::from_secs(10),
+        "failed-keep's delivery is retrying",
+        || async {
+            let (_, w) = app.get("/v1/jobs/copy/failed-keep").await;
+            w["deliveries"][0]["status"] == "retrying"
+        },
+    )
     .await;
-    eventually(Duration::from_secs(10), "all 300 recorded as delivered", || async {
-        let (_, s) = app.get("/v1/status").await;
-        s["webhooks"]["deliveries"]["delivered"] == 300
-    })
+    eventually(
+        Duration::from_secs(10),
+        "all 300 recorded as delivered",
+        || async {
+            let (_, s) = app.get("/v1/status").await;
+            s["webhooks"]["deliveries"]["delivered"] == 300
+        },
+    )
     .await;
     let (_, one) = app.get("/v1/jobs/copy/succeed-p0").await;
     let pruned_delivery = one["deliveries"][0]["id"].as_i64().expect("a delivery id");
-    let (s, _) = app
-        .get(&format!("/v1/deliveries/{pruned_delivery}"))
-        .await;
+    let (s, _) = app.get(&format!("/v1/deliveries/{pruned_delivery}")).await;
     assert_eq!(s, 200);
 
     // The daemon's own pruner runs too (retention 7 d); this one gets a clock.
@@ -138,7 +144,10 @@ async fn pruning_forgets_ended_watches_past_retention_and_keeps_the_rest() {
         "six days later: still within retention"
     );
     let pruned = pruner.prune_once(now_ms() + 8 * DAY_MS).await.unwrap();
-    assert_eq!(pruned, 301, "the 300 delivered watches and the cancelled one");
+    assert_eq!(
+        pruned, 301,
+        "the 300 delivered watches and the cancelled one"
+    );
     assert_eq!(pruner.prune_once(now_ms() + 8 * DAY_MS).await.unwrap(), 0);
 
     // Through the API: the pruned are gone, the rest untouched.
@@ -148,9 +157,7 @@ async fn pruning_forgets_ended_watches_past_retention_and_keeps_the_rest() {
     }
     let (s, _) = app.get("/v1/jobs/delete/running-cancel").await;
     assert_eq!(s, 404);
-    let (s, b) = app
-        .get(&format!("/v1/deliveries/{pruned_delivery}"))
-        .await;
+    let (s, b) = app.get(&format!("/v1/deliveries/{pruned_delivery}")).await;
     assert_eq!(s, 404, "{b}");
     let (s, w) = app.get("/v1/jobs/copy/failed-keep").await;
     assert_eq!(s, 200);
@@ -276,12 +283,13 @@ async fn pruning_goes_in_small_batches_that_let_other_writes_through() {
         "only {} writes got through {batches} batches",
         latencies.len()
     );
-    assert!(
-        max < took / 2,
-        "a write waited {max:?} of a {took:?} prune"
-    );
+    assert!(max < took / 2, "a write waited {max:?} of a {took:?} prune");
     let running = store.count_due(now_ms() + 60_000).await.unwrap();
-    assert_eq!(running as usize, latencies.len() * 10, "running watches untouched");
+    assert_eq!(
+        running as usize,
+        latencies.len() * 10,
+        "running watches untouched"
+    );
     store.close().await;
 }
 
@@ -310,14 +318,14 @@ async fn posts_hammered_while_thousands_of_watches_are_polled_never_get_a_5xx() 
     let (_dir, db) = temp_db();
     let app = Arc::new(App::start(settings(&db, &sim.url, &[])).await);
     for chunk in ids("running-h", 4000).chunks(1000) {
-        let (s, b) = app
-            .post_jobs(json!({"kind": "copy", "ids": chunk}))
-            .await;
+        let (s, b) = app.post_jobs(json!({"kind": "copy", "ids": chunk})).await;
         assert_eq!(s, 202, "{b}");
     }
-    eventually(Duration::from_secs(20), "every watch polled once", || async {
-        sim.sim.requests_received() >= 4000
-    })
+    eventually(
+        Duration::from_secs(20),
+        "every watch polled once",
+        || async { sim.sim.requests_received() >= 4000 },
+    )
     .await;
 
     let polls_before = sim.sim.requests_received();
@@ -504,7 +512,10 @@ async fn sigint_past_the_grace_exits_0_and_the_cut_delivery_is_sent_after_restar
     let exit = proc.wait_exit(Duration::from_secs(10)).await;
     let took = signalled.elapsed();
     assert_eq!(exit.code(), Some(0), "{}", proc.log());
-    assert!(took < Duration::from_secs(5), "the grace bounds the exit: {took:?}");
+    assert!(
+        took < Duration::from_secs(5),
+        "the grace bounds the exit: {took:?}"
+    );
 
     // Not delivered, and not lost: still pending in the file, never attempted.
     let store = open_store(&db).await;
@@ -524,7 +535,11 @@ async fn sigint_past_the_grace_exits_0_and_the_cut_delivery_is_sent_after_restar
     let mut proc = Proc::start(&config).await;
     let got = rx.wait_for(1, Duration::from_secs(15)).await;
     let all = rx.received();
-    assert_eq!(all.len(), 2, "the cut attempt and the one after the restart");
+    assert_eq!(
+        all.len(),
+        2,
+        "the cut attempt and the one after the restart"
+    );
     assert!(!all[0].ok, "the cut attempt never completed");
     assert_eq!(got[0].webhook_id, all[0].webhook_id);
     eventually(Duration::from_secs(10), "recorded as delivered", || async {
@@ -551,7 +566,9 @@ fn assert_unavailable(what: &str, status: u16, body: &Value) {
     assert_eq!(status, 503, "{what}: {body}");
     assert_eq!(body["error"]["code"], "store_unavailable", "{what}: {body}");
     assert!(
-        body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
         "{what}: {body}"
     );
 }
@@ -591,10 +608,14 @@ async fn a_removed_database_file_gives_503_until_it_is_back() {
     assert_eq!(s, 202, "{b}");
     let (_, w) = app.get("/v1/jobs/copy/running-1").await;
     let polls = w["poll_count"].as_i64().unwrap();
-    eventually(Duration::from_secs(10), "running-1 is polled again", || async {
-        let (_, w) = app.get("/v1/jobs/copy/running-1").await;
-        w["poll_count"].as_i64().unwrap() > polls
-    })
+    eventually(
+        Duration::from_secs(10),
+        "running-1 is polled again",
+        || async {
+            let (_, w) = app.get("/v1/jobs/copy/running-1").await;
+            w["poll_count"].as_i64().unwrap() > polls
+        },
+    )
     .await;
     app.wait_outcome("copy", "succeed-after-4", 10).await;
     let (s, _) = app.get("/v1/jobs/copy/succeed-during-0").await;
@@ -615,14 +636,13 @@ async fn a_removed_database_file_gives_503_until_it_is_back() {
     let store = open_store(&db).await;
     for id in ["succeed-before-0", "succeed-after-0", "succeed-restored-4"] {
         let w = store.get_watch(Kind::Copy, id).await.unwrap();
-        assert_eq!(
-            w.and_then(|w| w.outcome),
-            Some(Outcome::Succeeded),
-            "{id}"
-        );
+        assert_eq!(w.and_then(|w| w.outcome), Some(Outcome::Succeeded), "{id}");
     }
     for id in ["succeed-during-0", "succeed-gone-0"] {
-        assert!(store.get_watch(Kind::Copy, id).await.unwrap().is_none(), "{id}");
+        assert!(
+            store.get_watch(Kind::Copy, id).await.unwrap().is_none(),
+            "{id}"
+        );
     }
     store.close().await;
 }
@@ -636,14 +656,7 @@ fn limit_file_size(pid: i32, bytes: Option<u64>) {
         rlim_max: libc::RLIM_INFINITY,
     };
     // SAFETY: prlimit on our own child with a valid struct and no old-limit out-pointer.
-    let rc = unsafe {
-        libc::prlimit(
-            pid,
-            libc::RLIMIT_FSIZE,
-            &limit,
-            std::ptr::null_mut(),
-        )
-    };
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, &limit, std::ptr::null_mut()) };
     assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
 }
 
@@ -694,7 +707,11 @@ async fn failed_writes_answer_503_acknowledge_nothing_and_recover() {
         assert_unavailable("POST with a full disk", s, &b);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(proc.try_exit().is_none(), "it keeps running:\n{}", proc.log());
+    assert!(
+        proc.try_exit().is_none(),
+        "it keeps running:\n{}",
+        proc.log()
+    );
     let (s, _) = proc.get("/healthz").await;
     assert_eq!(s, 200);
     let (s, w) = proc.get("/v1/jobs/copy/succeed-a0").await;
@@ -706,7 +723,10 @@ async fn failed_writes_answer_503_acknowledge_nothing_and_recover() {
     let (s, b) = post(&proc, after.clone()).await;
     assert_eq!(s, 202, "{b}");
     let status = proc.wait_settled(Duration::from_secs(20)).await;
-    assert_eq!(status["webhooks"]["deliveries"]["delivered"], 100, "{status}");
+    assert_eq!(
+        status["webhooks"]["deliveries"]["delivered"], 100,
+        "{status}"
+    );
     assert!(
         proc.log().contains("store"),
         "the failure was logged:\n{}",
@@ -718,9 +738,11 @@ async fn failed_writes_answer_503_acknowledge_nothing_and_recover() {
     let running = ids("running-z", 20);
     let (s, b) = post(&proc, running.clone()).await;
     assert_eq!(s, 202, "{b}");
-    eventually(Duration::from_secs(5), "the running watches are polled", || async {
-        sim.sim.polls_of("copy", "running-z19") >= 1
-    })
+    eventually(
+        Duration::from_secs(5),
+        "the running watches are polled",
+        || async { sim.sim.polls_of("copy", "running-z19") >= 1 },
+    )
     .await;
     limit_file_size(proc.pid(), Some(0));
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -755,7 +777,8 @@ async fn a_full_disk_under_the_log_file_too_still_answers_503_and_stops_on_sigte
     let sim = Sim::start(Sim::fast()).await;
     let (dir, db) = temp_db();
     let mut cfg = ConfigFile::new(&db, &sim.url);
-    cfg.set("api", "shutdown_grace", "1s").set("log", "level", "info");
+    cfg.set("api", "shutdown_grace", "1s")
+        .set("log", "level", "info");
     let config = cfg.write(&dir.path().join("jobwatch.toml"));
     let log = dir.path().join("jobwatch.log");
     let mut proc = Proc::start_with(
@@ -810,7 +833,7 @@ async fn a_database_from_a_newer_jobwatch_stops_the_start() {
     let config =
         ConfigFile::new(&db, "http://127.0.0.1:9").write(&dir.path().join("jobwatch.toml"));
     let (exit, stderr) = serve_until_exit(&config, Duration::from_secs(20)).await;
-    assert!(!exit.success(), "{exit}: {stderr}");
+    assert!(exit.code().is_some_and(|c| c != 0), "{exit}: {stderr}");
     assert!(
         stderr.contains("newer jobwatch") && stderr.contains("99990101000000"),
         "{stderr}"
@@ -844,7 +867,11 @@ async fn a_file_that_is_not_a_jobwatch_database_stops_the_start_and_is_left_unto
         let config =
             ConfigFile::new(file, "http://127.0.0.1:9").write(&dir.path().join("jobwatch.toml"));
         let (exit, stderr) = serve_until_exit(&config, Duration::from_secs(20)).await;
-        assert!(!exit.success(), "{}: {exit}: {stderr}", file.display());
+        assert!(
+            exit.code().is_some_and(|c| c != 0),
+            "{}: {exit}: {stderr}",
+            file.display()
+        );
         assert!(stderr.contains(says), "{}: {stderr}", file.display());
         assert_eq!(
             std::fs::read(file).unwrap(),
@@ -858,7 +885,35 @@ async fn a_file_that_is_not_a_jobwatch_database_stops_the_start_and_is_left_unto
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert!(
-        !names.iter().any(|n| n.ends_with("-wal") || n.ends_with("-shm")),
+        !names
+            .iter()
+            .any(|n| n.ends_with("-wal") || n.ends_with("-shm")),
         "{names:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_database_next_to_its_write_ahead_log_stops_the_start() {
+    let sim = Sim::start(Sim::fast()).await;
+    let (dir, db) = temp_db();
+    let config = ConfigFile::new(&db, &sim.url).write(&dir.path().join("jobwatch.toml"));
+    let mut proc = Proc::start(&config).await;
+    let (s, b) = proc
+        .post_jobs(&json!({"kind": "copy", "ids": ["running-wal"]}))
+        .await
+        .unwrap();
+    assert_eq!(s, 202, "{b}");
+    // Killed, its log is left beside the file; then the file is deleted.
+    proc.kill();
+    let wal = dir.path().join("jobwatch.db-wal");
+    assert!(std::fs::metadata(&wal).unwrap().len() > 0);
+    std::fs::remove_file(&db).unwrap();
+
+    let (exit, stderr) = serve_until_exit(&config, Duration::from_secs(20)).await;
+    assert!(exit.code().is_some_and(|c| c != 0), "{exit}: {stderr}");
+    assert!(
+        stderr.contains("missing") && stderr.contains("jobwatch.db-wal"),
+        "{stderr}"
+    );
+    assert!(!db.exists(), "no empty database was created in its place");
 }

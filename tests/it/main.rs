@@ -13,3 +13,4 @@ mod cli;
 mod upstream;
 mod crash;
 mod durability;
+mod metrics;

@@ -95,19 +95,70 @@ impl PyReceiver {
     }
 }
 
+/// Waits until `py` recorded `n` deliveries (answered 204), then checks what the
+/// reference library said of every request: all verified, retries under the
+/// webhook-id of their delivery, one webhook-id per delivery. Returns the deliveries.
+async fn verified_deliveries(py: &PyReceiver, n: usize, failures: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let lines = loop {
+        let lines = py.lines();
+        if let Some(refused) = lines.iter().find(|l| l["verified"] != true) {
+            panic!("refused by standardwebhooks: {refused}");
+        }
+        if lines.iter().filter(|l| l["status"] == 204).count() >= n {
+            break lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} deliveries not verified within 20 s: {lines:#?}\nstderr: {}",
+            std::fs::read_to_string(&py.stderr).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for l in &lines {
+        assert_eq!(l["verified"], true, "refused by standardwebhooks: {l}");
+        assert!(l.get("error").is_none(), "{l}");
+    }
+    let delivered: Vec<Value> = lines
+        .iter()
+        .filter(|l| l["status"] == 204)
+        .cloned()
+        .collect();
+    let retried: Vec<&Value> = lines.iter().filter(|l| l["status"] == 500).collect();
+    assert_eq!(delivered.len(), n, "{lines:#?}");
+    assert_eq!(retried.len(), failures, "{lines:#?}");
+    let ids: HashSet<&str> = delivered
+        .iter()
+        .map(|l| l["webhook_id"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(ids.len(), n, "one webhook-id per event and endpoint");
+    for l in &retried {
+        let id = l["webhook_id"].as_str().unwrap_or_default();
+        assert!(ids.contains(id), "a retry came under a new webhook-id: {l}");
+    }
+    delivered
+}
+
+fn count(lines: &[Value], f: impl Fn(&Value) -> bool) -> usize {
+    lines.iter().filter(|l| f(l)).count()
+}
+
 #[tokio::test]
 async fn the_reference_standardwebhooks_receiver_verifies_every_delivery() {
     let sim = Sim::start(Sim::fast()).await;
-    let secret = SigningSecret::generate();
-    let py = PyReceiver::start(&secret, 2).await;
-    let endpoint = format!("http://127.0.0.1:{}/endpoint", py.port);
-    let per_watch = format!("http://127.0.0.1:{}/watch", py.port);
+    // The per-watch secret and the endpoint's own secret, each checked by its receiver.
+    let watch_secret = SigningSecret::generate();
+    let endpoint_secret = SigningSecret::generate();
+    let py_watch = PyReceiver::start(&watch_secret, 2).await;
+    let py_endpoint = PyReceiver::start(&endpoint_secret, 1).await;
+    let per_watch = format!("http://127.0.0.1:{}/watch", py_watch.port);
+    let endpoint = format!("http://127.0.0.1:{}/endpoint", py_endpoint.port);
     let hooks = Hooks::new(
-        &secret,
+        &watch_secret,
         &["100ms"; 5],
         &[Endpoint {
             url: &endpoint,
-            secret: &secret,
+            secret: &endpoint_secret,
             events: None,
         }],
         true,
@@ -128,55 +179,23 @@ async fn the_reference_standardwebhooks_receiver_verifies_every_delivery() {
         .await;
     assert_eq!(status, 202, "{body}");
 
-    // 3 events to the per-watch URL and 4 to the endpoint; the first 2 requests fail.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let lines = loop {
-        let lines = py.lines();
-        if lines.iter().filter(|l| l["status"] == 204).count() >= 7 {
-            break lines;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "7 deliveries not verified within 20 s: {lines:#?}\nstderr: {}",
-            std::fs::read_to_string(&py.stderr).unwrap_or_default()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    for l in &lines {
-        assert_eq!(l["verified"], true, "refused by standardwebhooks: {l}");
-        assert!(l.get("error").is_none(), "{l}");
-    }
-    let delivered: Vec<&Value> = lines.iter().filter(|l| l["status"] == 204).collect();
-    let retried: Vec<&Value> = lines.iter().filter(|l| l["status"] == 500).collect();
-    assert_eq!(delivered.len(), 7, "{lines:#?}");
-    assert_eq!(retried.len(), 2, "{lines:#?}");
-    let ids: HashSet<&str> = delivered
-        .iter()
-        .map(|l| l["webhook_id"].as_str().unwrap_or_default())
-        .collect();
-    assert_eq!(ids.len(), 7, "one webhook-id per event and endpoint");
-    for l in &retried {
-        let id = l["webhook_id"].as_str().unwrap_or_default();
-        assert!(ids.contains(id), "a retry came under a new webhook-id: {l}");
-    }
-    let succeeded = delivered
-        .iter()
-        .filter(|l| l["type"] == "job.succeeded")
-        .count();
-    let failed = delivered
-        .iter()
-        .filter(|l| l["type"] == "job.failed")
-        .count();
-    assert_eq!((succeeded, failed), (3, 4), "{lines:#?}");
-    let with_metadata = delivered
-        .iter()
-        .filter(|l| l["body"]["data"]["metadata"]["owner"] == "équipe ✓")
-        .count();
-    assert_eq!(with_metadata, 6, "{lines:#?}");
+    // 3 events to the per-watch URL, 4 to the endpoint; the first requests fail.
+    let watch = verified_deliveries(&py_watch, 3, 2).await;
+    let endpoint = verified_deliveries(&py_endpoint, 4, 1).await;
+    let succeeded = |l: &Value| l["type"] == "job.succeeded";
+    let failed = |l: &Value| l["type"] == "job.failed";
+    assert_eq!((count(&watch, succeeded), count(&watch, failed)), (1, 2));
+    assert_eq!(
+        (count(&endpoint, succeeded), count(&endpoint, failed)),
+        (2, 2)
+    );
+    let with_metadata = |l: &Value| l["body"]["data"]["metadata"]["owner"] == "équipe ✓";
+    assert_eq!(count(&watch, with_metadata), 3, "{watch:#?}");
+    assert_eq!(count(&endpoint, with_metadata), 3, "{endpoint:#?}");
 
     let (_, s) = app.get("/v1/status").await;
-    let deliveries = &s["webhooks"]["deliveries"];
-    assert_eq!(deliveries["dead"], 0, "{s}");
+    assert_eq!(s["webhooks"]["deliveries"]["dead"], 0, "{s}");
     app.stop().await;
-    py.stop().await;
+    py_watch.stop().await;
+    py_endpoint.stop().await;
 }
