@@ -287,7 +287,14 @@ impl Settings {
         if w.max_in_flight == 0 {
             return Err(invalid("webhooks.max_in_flight", "must be at least 1"));
         }
+        let mut urls = std::collections::HashSet::new();
         for e in &w.endpoints {
+            if !urls.insert(e.url.as_str()) {
+                return Err(invalid(
+                    "webhooks.endpoints.url",
+                    format!("{} is configured twice; give each endpoint its own URL", e.url),
+                ));
+            }
             if !matches!(e.url.scheme(), "http" | "https") {
                 return Err(invalid(
                     "webhooks.endpoints.url",

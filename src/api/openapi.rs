@@ -380,8 +380,8 @@ pub struct Attempt {
     pub response: Option<String>,
 }
 
-/// `GET /v1/deliveries/{id}`: the delivery, with `attempts` listing every attempt
-/// (where the list shows their number).
+/// `GET /v1/deliveries/{id}`: the delivery as the list shows it, plus
+/// `attempt_log`, every attempt in order.
 #[derive(Serialize, ToSchema)]
 pub struct DeliveryDetail {
     pub id: i64,
@@ -389,7 +389,8 @@ pub struct DeliveryDetail {
     pub target: Target,
     pub url: String,
     pub status: DeliveryStatus,
-    pub attempts: Vec<Attempt>,
+    pub attempts: i64,
+    pub attempt_log: Vec<Attempt>,
     #[schema(required = true, format = DateTime)]
     pub next_attempt_at: Option<String>,
     #[schema(required = true)]

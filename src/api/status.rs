@@ -176,7 +176,7 @@ async fn show_delivery(
         .ok_or_else(|| ApiError::not_found("delivery_not_found", format!("no delivery {did}")))?;
     let attempts = state.store.attempts_of(did).await?;
     let mut body = view::delivery(&d);
-    body["attempts"] = attempts
+    body["attempt_log"] = attempts
         .iter()
         .map(|a| {
             json!({

@@ -317,7 +317,8 @@ pub trait Store: Send + Sync + 'static {
     async fn record_attempts(&self, results: &[AttemptResult]) -> Result<()>;
     /// Make every pending delivery to `url` `gone` (the receiver answered 410).
     async fn stop_deliveries_to(&self, url: &str) -> Result<u64>;
-    async fn deliveries_of_watch(&self, wid: i64) -> Result<Vec<DeliveryRecord>>;
+    /// The deliveries of the events of `wid`'s generation `generation`.
+    async fn deliveries_of_watch(&self, wid: i64, generation: i64) -> Result<Vec<DeliveryRecord>>;
     async fn list_deliveries(
         &self,
         status: Option<DeliveryStatus>,

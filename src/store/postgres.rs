@@ -385,10 +385,12 @@ impl Store for PgStore {
         .rows_affected())
     }
 
-    async fn deliveries_of_watch(&self, wid: i64) -> Result<Vec<DeliveryRecord>> {
+    async fn deliveries_of_watch(&self, wid: i64, generation: i64) -> Result<Vec<DeliveryRecord>> {
         rows::deliveries(
-            sqlx::query_as(&format!("SELECT {DELIVERY_COLS} FROM deliveries WHERE wid = $1 ORDER BY did"))
+            sqlx::query_as(&format!("SELECT {DELIVERY_COLS} FROM deliveries WHERE wid = $1
+                 AND eid IN (SELECT eid FROM events WHERE wid = $1 AND generation = $2) ORDER BY did"))
                 .bind(wid)
+                .bind(generation)
                 .fetch_all(&self.pool)
                 .await?,
         )

@@ -804,11 +804,13 @@ impl Store for SqliteStore {
         .rows_affected())
     }
 
-    async fn deliveries_of_watch(&self, wid: i64) -> Result<Vec<DeliveryRecord>> {
+    async fn deliveries_of_watch(&self, wid: i64, generation: i64) -> Result<Vec<DeliveryRecord>> {
         let rows = sqlx::query(&format!(
-            "SELECT {DELIVERY_COLS} FROM deliveries WHERE wid = ?1 ORDER BY did"
+            "SELECT {DELIVERY_COLS} FROM deliveries WHERE wid = ?1
+             AND eid IN (SELECT eid FROM events WHERE wid = ?1 AND generation = ?2) ORDER BY did"
         ))
         .bind(wid)
+        .bind(generation)
         .fetch_all(&self.reader)
         .await?;
         rows.iter().map(delivery_from_row).collect()

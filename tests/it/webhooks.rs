@@ -191,7 +191,7 @@ async fn a_receiver_that_fails_then_succeeds_gets_the_event_under_one_webhook_id
     assert_eq!(d["attempts"], 4);
     assert!(!d["delivered_at"].is_null(), "{d}");
     let d = delivery(&app, &d["id"]).await;
-    let attempts = d["attempts"].as_array().expect("attempts");
+    let attempts = d["attempt_log"].as_array().expect("attempts");
     assert_eq!(attempts.len(), 4, "every attempt is recorded: {d}");
     for a in &attempts[..3] {
         assert_eq!(a["status_code"], 500, "{a}");
@@ -235,9 +235,9 @@ async fn a_receiver_down_for_a_while_gets_everything_after_it_comes_back() {
     let (_, page) = app.get("/v1/deliveries?status=retrying").await;
     let first = &page["deliveries"][0];
     let d = delivery(&app, &first["id"]).await;
-    let err = d["attempts"][0]["error"].as_str().unwrap_or_default();
+    let err = d["attempt_log"][0]["error"].as_str().unwrap_or_default();
     assert!(err.contains("connection"), "{d}");
-    assert!(d["attempts"][0]["status_code"].is_null(), "{d}");
+    assert!(d["attempt_log"][0]["status_code"].is_null(), "{d}");
 
     rx.restart().await;
     let got = rx.wait_for(5, Duration::from_secs(10)).await;
@@ -391,7 +391,7 @@ async fn a_redirect_is_not_followed() {
     })
     .await;
     let d = delivery(&app, &ds[0]["id"]).await;
-    let attempts = d["attempts"].as_array().expect("attempts");
+    let attempts = d["attempt_log"].as_array().expect("attempts");
     assert_eq!(attempts.len(), 3, "{d}");
     for a in attempts {
         assert_eq!(a["status_code"], 307, "{a}");
@@ -427,7 +427,7 @@ async fn a_private_per_watch_url_is_refused_unless_allowed() {
         })
         .await;
         let d = delivery(&app, &ds[0]["id"]).await;
-        let attempts = d["attempts"].as_array().expect("attempts");
+        let attempts = d["attempt_log"].as_array().expect("attempts");
         assert_eq!(attempts.len(), 2, "{d}");
         for a in attempts {
             assert!(a["status_code"].is_null(), "{a}");
@@ -751,7 +751,7 @@ async fn an_attempt_that_takes_too_long_times_out_and_is_retried() {
     .await;
     assert_eq!(got[0].webhook_id, ds[0]["webhook_id"].as_str().unwrap());
     let d = delivery(&app, &ds[0]["id"]).await;
-    let first = &d["attempts"][0];
+    let first = &d["attempt_log"][0];
     assert!(first["status_code"].is_null(), "{d}");
     let err = first["error"].as_str().unwrap_or_default();
     assert!(err.contains("timed out"), "{d}");
@@ -760,7 +760,7 @@ async fn an_attempt_that_takes_too_long_times_out_and_is_retried() {
         (300..1500).contains(&took),
         "the attempt took {took} ms: {d}"
     );
-    assert_eq!(d["attempts"].as_array().map(Vec::len), Some(2), "{d}");
+    assert_eq!(d["attempt_log"].as_array().map(Vec::len), Some(2), "{d}");
     assert!(
         !rx.received()[0].ok,
         "the abandoned answer is not a delivery"
