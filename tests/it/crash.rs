@@ -516,6 +516,14 @@ fn polled(path: &str) -> Option<(String, String)> {
     Some((kind.to_string(), id.to_string()))
 }
 
+#[derive(Clone, Copy)]
+enum Mode {
+    Timer,
+    MidPost,
+    MidDelivery,
+}
+
+/// Kills by the moment they hit (a POST or a delivery seen in flight just before).
 #[derive(Default, Debug)]
 struct Kills {
     timer: usize,
@@ -585,13 +593,9 @@ async fn kill_9_at_random_moments_loses_nothing_acknowledged() {
         });
     }
     let sent: usize = batches.iter().map(|b| b.ids.len()).sum();
-    let posted: HashMap<(String, String), ()> = batches
+    let posted: HashSet<(String, String)> = batches
         .iter()
-        .flat_map(|b| {
-            b.ids
-                .iter()
-                .map(|id| ((b.kind.to_string(), id.clone()), ()))
-        })
+        .flat_map(|b| b.ids.iter().map(|id| (b.kind.to_string(), id.clone())))
         .collect();
     let n_batches = batches.len();
 
@@ -616,41 +620,59 @@ async fn kill_9_at_random_moments_loses_nothing_acknowledged() {
             "the posts did not finish within {MAX_KILLS} kills"
         );
         let round = Instant::now();
+        // Each third round aims at a POST, each third at a delivery (until a few of
+        // each were hit); the rest kill at a random moment.
+        let mode = match n_kills % 3 {
+            1 if kills.mid_post < 4 && !poster.is_finished() => Mode::MidPost,
+            2 if kills.mid_delivery < 4 => Mode::MidDelivery,
+            _ => Mode::Timer,
+        };
         // How receivers answer this round: at once, slowly (deliveries stay in
         // flight long enough to be cut), or a short run of failures (retries).
-        let plan = match rng.random_range(0..3) {
-            0 => Plan::Ok,
-            1 => Plan::Slow(Duration::from_millis(rng.random_range(20..80))),
+        let plan = match (mode, rng.random_range(0..3)) {
+            (Mode::MidDelivery, _) | (_, 1) => {
+                Plan::Slow(Duration::from_millis(rng.random_range(20..80)))
+            }
+            (_, 0) => Plan::Ok,
             _ => Plan::FailTimes(rng.random_range(1..6), 503),
         };
         hooks.respond_with(plan.clone());
-        ops.respond_with(plan.clone());
-        let mode = rng.random_range(0..3);
-        let pause = Duration::from_millis(rng.random_range(150..1200));
+        ops.respond_with(plan);
         match mode {
-            1 if !poster.is_finished() => {
-                // Kill a POST in the middle: right after it was sent.
+            Mode::MidPost => {
+                // Right after a POST was sent, before its answer.
                 let deadline = Instant::now() + Duration::from_secs(3);
                 while !in_flight.load(Ordering::SeqCst) && Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
-                let cut = rng.random_range(0..4000);
-                std::thread::sleep(Duration::from_micros(cut));
-                kills.mid_post += 1;
+                std::thread::sleep(Duration::from_micros(rng.random_range(0..4000)));
+                if in_flight.load(Ordering::SeqCst) {
+                    kills.mid_post += 1;
+                } else {
+                    kills.timer += 1;
+                }
             }
-            2 if matches!(plan, Plan::Slow(_)) => {
-                // Kill while a receiver holds a request open.
+            Mode::MidDelivery => {
+                // While a receiver holds a request open.
                 let deadline = Instant::now() + Duration::from_secs(3);
                 let open = |rx: &TestReceiver| {
                     rx.received().iter().any(|r| r.at >= round && r.status == 0)
                 };
-                while !(open(&hooks) || open(&ops)) && Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(2)).await;
+                let mut found = false;
+                while !found && Instant::now() < deadline {
+                    found = open(&hooks) || open(&ops);
+                    if !found {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
                 }
-                kills.mid_delivery += 1;
+                if found {
+                    kills.mid_delivery += 1;
+                } else {
+                    kills.timer += 1;
+                }
             }
-            _ => {
-                tokio::time::sleep(pause).await;
+            Mode::Timer => {
+                tokio::time::sleep(Duration::from_millis(rng.random_range(150..1200))).await;
                 kills.timer += 1;
             }
         }
@@ -665,7 +687,7 @@ async fn kill_9_at_random_moments_loses_nothing_acknowledged() {
     // Settle on the last daemon, receivers answering at once.
     hooks.respond_with(Plan::Ok);
     ops.respond_with(Plan::Ok);
-    let status = proc.wait_settled(Duration::from_secs(45)).await;
+    let status = proc.wait_settled(Duration::from_secs(60)).await;
     let settled = started.elapsed();
 
     // 1. Every acknowledged watch exists with its right outcome; nothing else exists.
@@ -676,14 +698,14 @@ async fn kill_9_at_random_moments_loses_nothing_acknowledged() {
             w["kind"].as_str().unwrap().to_string(),
             w["id"].as_str().unwrap().to_string(),
         );
-        assert!(posted.contains_key(&key), "a watch nobody posted: {w}");
+        assert!(posted.contains(&key), "a watch nobody posted: {w}");
         let (outcome, _) = expected(&key.1);
         assert_eq!(w["outcome"], outcome, "{w}");
         latest.insert(key, w);
     }
     let acked = stats.acked.load(Ordering::Relaxed) as usize;
     assert_eq!(acked, sent, "every batch was answered 202 in the end");
-    let missing: Vec<_> = posted.keys().filter(|k| !latest.contains_key(*k)).collect();
+    let missing: Vec<_> = posted.iter().filter(|k| !latest.contains_key(*k)).collect();
     assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
 
     // 2. Every generation's event reached every matching endpoint, under one webhook-id.
@@ -819,17 +841,24 @@ async fn kill_9_at_random_moments_loses_nothing_acknowledged() {
         "the store counts more polls ({stored_polls}) than the simulator saw ({total_polls})"
     );
 
-    // 5. And a clean stop still exits 0.
-    proc.signal(libc::SIGTERM);
-    let exit = proc.wait_exit(Duration::from_secs(15)).await;
-    assert!(exit.success(), "exit after SIGTERM: {exit}\n{}", proc.log());
-
-    let requests = hooks_got.len() + ops_got.len();
+    // 5. The kills did hit the moments they aimed at.
     let cut = hooks_got
         .iter()
         .chain(&ops_got)
         .filter(|r| r.status == 0)
         .count();
+    assert!(
+        stats.unanswered.load(Ordering::Relaxed) > 0,
+        "no POST was cut by a kill: {kills:?}"
+    );
+    assert!(cut > 0, "no delivery was cut by a kill: {kills:?}");
+
+    // 6. And a clean stop still exits 0.
+    proc.signal(libc::SIGTERM);
+    let exit = proc.wait_exit(Duration::from_secs(15)).await;
+    assert!(exit.success(), "exit after SIGTERM: {exit}\n{}", proc.log());
+
+    let requests = hooks_got.len() + ops_got.len();
     let ok_requests = hooks_got.iter().chain(&ops_got).filter(|r| r.ok).count();
     let regenerated = latest
         .values()

@@ -400,16 +400,16 @@ async fn refuses(url: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_in_flight_polls_and_deliveries_finish_commits_them_and_exits_0() {
-    // Every poll takes 800 ms to answer; the receiver takes 1.5 s.
+    // Every poll takes 1.5 s to answer; the receiver takes 2.5 s.
     let sim = Sim::start(SimulateArgs {
         slow_ratio: 1.0,
-        slow_delay: Duration::from_millis(800),
+        slow_delay: Duration::from_millis(1500),
         ..Sim::fast()
     })
     .await;
     let secret = SigningSecret::generate();
     let rx = TestReceiver::start(Some(secret.clone())).await;
-    rx.respond_with(Plan::Slow(Duration::from_millis(1500)));
+    rx.respond_with(Plan::Slow(Duration::from_millis(2500)));
     let (dir, db) = temp_db();
     let mut cfg = ConfigFile::new(&db, &sim.url);
     cfg.set("api", "shutdown_grace", "8s")
@@ -474,7 +474,10 @@ async fn sigterm_lets_in_flight_polls_and_deliveries_finish_commits_them_and_exi
         .await
         .unwrap()
         .expect("stored");
-    let d = store.deliveries_of_watch(s.wid).await.unwrap();
+    let d = store
+        .deliveries_of_watch(s.wid, s.generation)
+        .await
+        .unwrap();
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].status, DeliveryStatus::Delivered, "{d:?}");
     assert_eq!(d[0].attempts, 1);
@@ -525,7 +528,10 @@ async fn sigint_past_the_grace_exits_0_and_the_cut_delivery_is_sent_after_restar
         .unwrap()
         .expect("stored");
     assert_eq!(w.outcome, Some(Outcome::Succeeded));
-    let d = store.deliveries_of_watch(w.wid).await.unwrap();
+    let d = store
+        .deliveries_of_watch(w.wid, w.generation)
+        .await
+        .unwrap();
     assert_eq!(d.len(), 1);
     assert_eq!(d[0].status, DeliveryStatus::Pending, "{d:?}");
     store.close().await;
@@ -558,7 +564,8 @@ async fn sigint_past_the_grace_exits_0_and_the_cut_delivery_is_sent_after_restar
 // ---------------------------------------------------------------------------
 // A failing store.
 
-async fn post_status(app: &App, kind: &str, ids: &[String]) -> (u16, Value) {
+/// `POST /v1/jobs` of `ids`, without a webhook.
+async fn post_ids(app: &App, kind: &str, ids: &[String]) -> (u16, Value) {
     app.post_jobs(json!({"kind": kind, "ids": ids})).await
 }
 
@@ -578,9 +585,9 @@ async fn a_removed_database_file_gives_503_until_it_is_back() {
     let sim = Sim::start(Sim::fast()).await;
     let (dir, db) = temp_db();
     let app = App::start(settings(&db, &sim.url, &[])).await;
-    let (s, b) = post_status(&app, "copy", &ids("succeed-before-", 20)).await;
+    let (s, b) = post_ids(&app, "copy", &ids("succeed-before-", 20)).await;
     assert_eq!(s, 202, "{b}");
-    let (s, b) = post_status(&app, "copy", &["running-1".to_string()]).await;
+    let (s, b) = post_ids(&app, "copy", &["running-1".to_string()]).await;
     assert_eq!(s, 202, "{b}");
     app.wait_outcome("copy", "succeed-before-19", 10).await;
 
@@ -590,7 +597,7 @@ async fn a_removed_database_file_gives_503_until_it_is_back() {
     std::fs::rename(&db, &aside).unwrap();
     let during = ids("succeed-during-", 5);
     for _ in 0..3 {
-        let (s, b) = post_status(&app, "copy", &during).await;
+        let (s, b) = post_ids(&app, "copy", &during).await;
         assert_unavailable("POST while the file is gone", s, &b);
     }
     let (s, b) = app.get("/v1/jobs/copy/running-1").await;
@@ -604,7 +611,7 @@ async fn a_removed_database_file_gives_503_until_it_is_back() {
     // It comes back: the daemon takes it up again, polling resumes.
     std::fs::rename(&aside, &db).unwrap();
     let after = ids("succeed-after-", 5);
-    let (s, b) = post_status(&app, "copy", &after).await;
+    let (s, b) = post_ids(&app, "copy", &after).await;
     assert_eq!(s, 202, "{b}");
     let (_, w) = app.get("/v1/jobs/copy/running-1").await;
     let polls = w["poll_count"].as_i64().unwrap();
@@ -623,11 +630,11 @@ async fn a_removed_database_file_gives_503_until_it_is_back() {
 
     // Replaced by a copy (a restore from backup): new connections open the new file.
     std::fs::rename(&db, &aside).unwrap();
-    let (s, b) = post_status(&app, "copy", &ids("succeed-gone-", 2)).await;
+    let (s, b) = post_ids(&app, "copy", &ids("succeed-gone-", 2)).await;
     assert_unavailable("POST while the file is gone again", s, &b);
     std::fs::copy(&aside, &db).unwrap();
     let restored = ids("succeed-restored-", 5);
-    let (s, b) = post_status(&app, "copy", &restored).await;
+    let (s, b) = post_ids(&app, "copy", &restored).await;
     assert_eq!(s, 202, "{b}");
     app.wait_outcome("copy", "succeed-restored-4", 10).await;
     app.stop().await;
