@@ -25,6 +25,8 @@ pub struct Signals {
     pub deliveries: Notify,
     /// Watches were posted or rescheduled: the poller should look.
     pub watches: Notify,
+    /// The last batched write failed and none has succeeded since: `/readyz` says so.
+    pub write_failing: std::sync::atomic::AtomicBool,
 }
 
 impl Signals {
@@ -33,6 +35,7 @@ impl Signals {
             finished: broadcast::channel(8192).0,
             deliveries: Notify::new(),
             watches: Notify::new(),
+            write_failing: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -103,13 +106,13 @@ async fn run(store: DynStore, signals: Arc<Signals>, mut rx: mpsc::Receiver<Writ
         }
         if !watches.is_empty() {
             let started = std::time::Instant::now();
-            let applied = retry("poll results", || store.apply_watch_updates(&watches)).await;
+            let applied = retry("poll results", &signals, || store.apply_watch_updates(&watches)).await;
             crate::metrics::store_write("poll_results", started.elapsed());
             signals.watches_committed(&watches, &applied);
         }
         if !attempts.is_empty() {
             let started = std::time::Instant::now();
-            retry("delivery attempts", || store.record_attempts(&attempts)).await;
+            retry("delivery attempts", &signals, || store.record_attempts(&attempts)).await;
             crate::metrics::store_write("delivery_attempts", started.elapsed());
             // A retry is now due (maybe in a few ms): the dispatcher, asleep on the
             // leased row's far-off time, must look again or it oversleeps by up to a second.
@@ -122,16 +125,21 @@ async fn run(store: DynStore, signals: Arc<Signals>, mut rx: mpsc::Receiver<Writ
 
 /// Retry a write until the store takes it: a poll result or an attempt that was
 /// decided must not be lost to a passing disk or lock problem.
-async fn retry<T, F, Fut>(what: &str, mut f: F) -> T
+async fn retry<T, F, Fut>(what: &str, signals: &Signals, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = super::Result<T>>,
 {
+    use std::sync::atomic::Ordering::Relaxed;
     let mut delay = Duration::from_millis(50);
     loop {
         match f().await {
-            Ok(v) => return v,
+            Ok(v) => {
+                signals.write_failing.store(false, Relaxed);
+                return v;
+            }
             Err(e) => {
+                signals.write_failing.store(true, Relaxed);
                 tracing::error!(error = %e, what, retry_in_ms = delay.as_millis() as u64, "store write failed; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));

@@ -734,6 +734,8 @@ async fn failed_writes_answer_503_acknowledge_nothing_and_recover() {
         status["webhooks"]["deliveries"]["delivered"], 100,
         "{status}"
     );
+    let (s, r) = proc.get("/readyz").await;
+    assert_eq!(s, 200, "ready again once writes go through: {r}");
     assert!(
         proc.log().contains("store"),
         "the failure was logged:\n{}",
@@ -752,7 +754,12 @@ async fn failed_writes_answer_503_acknowledge_nothing_and_recover() {
     )
     .await;
     limit_file_size(proc.pid(), Some(0));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually(
+        Duration::from_secs(5),
+        "/readyz reports that poll results cannot be committed",
+        || async { proc.get("/readyz").await.0 == 503 },
+    )
+    .await;
     let signalled = Instant::now();
     proc.signal(libc::SIGTERM);
     let exit = proc.wait_exit(Duration::from_secs(15)).await;
