@@ -6,6 +6,7 @@
 //! answer to [`Budget::observe`]; nothing else may talk to the upstream.
 
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -108,12 +109,16 @@ pub struct Budget {
     inner: Mutex<Inner>,
     changed: Notify,
     started: Instant,
+    /// Requests let go and not yet dropped (the semaphore also counts the waiters).
+    sent: AtomicUsize,
 }
 
 /// Permission to send one request now. Dropping it frees the in-flight slot.
 pub struct Slot<'a> {
     budget: &'a Budget,
     probe: bool,
+    /// Whether the request was let go (and so counts as in flight).
+    sent: bool,
     /// When the request was let go: tells a fresh answer from an echo of an older state.
     issued: Instant,
     _permit: SemaphorePermit<'a>,
@@ -128,6 +133,9 @@ impl Slot<'_> {
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
+        if self.sent {
+            self.budget.sent.fetch_sub(1, Ordering::Relaxed);
+        }
         if self.probe {
             // A probe that never reported (cancelled) must not block the next one.
             let mut inner = self.budget.lock();
@@ -195,6 +203,7 @@ impl Budget {
                 paused_ms_total: 0,
             }),
             changed: Notify::new(),
+            sent: AtomicUsize::new(0),
             clock,
             settings,
             started: now,
@@ -237,6 +246,7 @@ impl Budget {
         let mut slot = Slot {
             budget: self,
             probe: false,
+            sent: false,
             issued: Instant::now(),
             _permit: permit,
         };
@@ -256,6 +266,8 @@ impl Budget {
                                 slot.probe = true;
                             }
                             slot.issued = now;
+                            slot.sent = true;
+                            self.sent.fetch_add(1, Ordering::Relaxed);
                             return slot;
                         }
                         Err(not_until) => now + not_until.wait_time_from(self.clock.now()),
@@ -419,7 +431,7 @@ impl Budget {
             polls_per_second: answers as f64 / span,
             allowed_rate: inner.rate,
             configured_rate: self.settings.max_requests_per_second,
-            in_flight: self.settings.max_in_flight - self.slots.available_permits(),
+            in_flight: self.sent.load(Ordering::Relaxed),
             total_answers: inner.total_answers,
             total_rate_limited: inner.total_limited,
             total_errors: inner.total_errors,
@@ -440,6 +452,7 @@ pub struct UpstreamHealth {
     pub polls_per_second: f64,
     pub allowed_rate: f64,
     pub configured_rate: f64,
+    /// Requests sent and not yet answered (not the polls waiting out a pause).
     pub in_flight: usize,
     pub total_answers: u64,
     pub total_rate_limited: u64,
@@ -555,6 +568,27 @@ mod tests {
             h.allowed_rate, 1000.0,
             "a 429 with Retry-After keeps the rate"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_flight_counts_requests_sent_not_polls_waiting_out_a_pause() {
+        let b = Budget::new(settings());
+        let mut slot = b.acquire().await;
+        let other = b.acquire().await;
+        b.observe(&mut slot, &limited(Some(Duration::from_secs(1))));
+        drop(slot);
+        let waiting = tokio::time::timeout(Duration::from_millis(500), b.acquire()).await;
+        assert!(waiting.is_err());
+        let (_, h) = tokio::join!(
+            tokio::time::timeout(Duration::from_millis(500), b.acquire()),
+            async {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                b.health()
+            }
+        );
+        assert_eq!(h.in_flight, 1, "the waiting poll is not in flight: {h:?}");
+        drop(other);
+        assert_eq!(b.health().in_flight, 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -39,6 +39,10 @@ pub struct Poller {
     in_flight: Mutex<HashSet<i64>>,
     /// How many claimed watches may wait for the budget at once.
     high_water: usize,
+    /// Claim only when at least this many are free: each claim is a store write,
+    /// and claiming one or two at a time, after each poll, cost more than the polls
+    /// (BENCHMARKS.md).
+    min_claim: usize,
     done: tokio::sync::Notify,
     shutdown: CancellationToken,
 }
@@ -79,6 +83,7 @@ impl Poller {
             signals,
             in_flight: Mutex::new(HashSet::new()),
             high_water: (u.max_in_flight * 2).max(16),
+            min_claim: (u.max_in_flight / 2).max(1),
             done: tokio::sync::Notify::new(),
             shutdown,
         }
@@ -90,6 +95,19 @@ impl Poller {
 
     fn in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<i64>> {
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Slots for claimed watches not taken.
+    fn free(&self) -> usize {
+        self.high_water.saturating_sub(self.in_flight().len())
+    }
+
+    /// Until enough polls finished to claim again (a finished poll's notification
+    /// is kept when nobody waits, so none is missed between the check and the wait).
+    async fn room(&self) {
+        while self.free() < self.min_claim {
+            self.done.notified().await;
+        }
     }
 
     /// Called once before the loop: release what a stopped daemon held and spread
@@ -136,8 +154,8 @@ impl Poller {
             report.timed_out = applied.iter().filter(|a| **a).count();
         }
 
-        let free = self.high_water.saturating_sub(self.in_flight().len());
-        if free == 0 {
+        let free = self.free();
+        if free < self.min_claim {
             return Ok(report);
         }
         let lease_until = now + LEASE.as_millis() as Millis;
@@ -219,7 +237,7 @@ impl Poller {
                     }
                 }
             };
-            let full = self.in_flight().len() >= self.high_water;
+            let full = self.free() < self.min_claim;
             // Sleep until the next watch is due, new watches arrive, or capacity frees
             // up; at most a second, so deadlines fire on time.
             let wait = if full {
@@ -244,7 +262,7 @@ impl Poller {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.signals.watches.notified() => {}
-                _ = self.done.notified(), if full => {}
+                _ = self.room(), if full => {}
             }
         }
     }

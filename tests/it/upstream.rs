@@ -474,10 +474,12 @@ async fn every_watch_ends_right_through_5xx_malformed_dropped_and_slow_answers()
         health["error_ratio_last_minute"].as_f64().unwrap_or(0.0),
     );
     assert!(with_errors >= 100, "{with_errors} watches saw an error");
-    assert!(
-        errors_by_kind.contains_key("timeout") && errors_by_kind.contains_key("5xx"),
-        "slow answers time out and 5xx are recorded: {errors_by_kind:?}"
-    );
+    for kind in ["timeout", "5xx", "malformed", "connection"] {
+        assert!(
+            errors_by_kind.contains_key(kind),
+            "{kind} errors are recorded: {errors_by_kind:?}"
+        );
+    }
     assert!(health["error_ratio_last_minute"].as_f64() > Some(0.15));
 }
 
@@ -536,13 +538,13 @@ async fn a_401_phase_pauses_polling_and_recovers_by_itself() {
     let back = unix_ms();
     sim.sim.set_token(Some("good-token".into()));
 
-    let (first_ok_after, status) = eventually(5, "credentials work again", || async {
+    // Polling resumes by itself: nobody tells the daemon.
+    let h = eventually(5, "credentials work again", || async {
         let h = upstream_health(&app).await;
-        (h["credentials"] == "ok").then_some(((), h))
+        (h["credentials"] == "ok").then_some(h)
     })
     .await;
-    let () = first_ok_after;
-    assert_eq!(status["credentials_status"], Value::Null);
+    assert_eq!(h["credentials_status"], Value::Null);
     assert_eq!(readyz(&app).await, 200);
     app.wait_all_ended(20).await;
     let watches = all_watches(&app, "copy").await;
@@ -693,16 +695,13 @@ async fn deadlines_fire_on_time_while_the_credentials_are_rejected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_restart_the_first_polls_are_spread_within_the_budget() {
     let _turn = exclusive().await;
-    const RATE: f64 = 400.0;
+    const RATE: f64 = 300.0;
     const BURST: usize = 20;
     const N: usize = 1000;
     let sim = OwnSim::start(Sim::fast());
     let (_dir, db) = temp_db();
-    let budget = [
-        ("upstream.max_requests_per_second", "400"),
-        ("upstream.burst", "20"),
-    ];
-    let before = App::start(settings(&db, &sim.url, &budget)).await;
+    // Before the restart, whatever the machine manages (the test's default budget).
+    let before = App::start(settings(&db, &sim.url, &[])).await;
     let all = ids("running-", N);
     post(&before, "copy", &all, json!({})).await;
     eventually(15, "every watch polled", || async {
@@ -717,9 +716,12 @@ async fn after_a_restart_the_first_polls_are_spread_within_the_budget() {
     tokio::time::sleep(Duration::from_millis(600)).await;
 
     let restart = unix_ms();
-    let mut after_settings = budget.to_vec();
+    let mut after_settings = vec![
+        ("upstream.max_requests_per_second", "300"),
+        ("upstream.burst", "20"),
+    ];
     // A longer cadence after the restart keeps most second polls out of the way
-    // (the spread is never shorter than the first interval: 2 s < 2.5 s here).
+    // (the spread is never shorter than the first interval: 2 s < 3.3 s here).
     after_settings.extend([
         ("poller.initial_interval", "2s"),
         ("poller.max_interval", "8s"),
@@ -755,7 +757,6 @@ async fn after_a_restart_the_first_polls_are_spread_within_the_budget() {
     let all_after = status_times(&log, restart);
     let (busiest, _) = busiest_window(&all_after, 1000.0);
     let span = firsts[N - 1] - firsts[0];
-    let (busiest_quarter, _) = busiest_window(&firsts, 250.0);
     let expected_span = N as f64 / RATE * 1000.0;
     let (lo, hi) = scheduled
         .iter()
@@ -789,17 +790,13 @@ async fn after_a_restart_the_first_polls_are_spread_within_the_budget() {
     println!(
         "restart with {N} overdue watches: first polls from +{:.0} ms to +{:.0} ms after the \
          restart (span {span:.0} ms, budget needs {expected_span:.0} ms); busiest 1 s window {busiest} \
-         (budget {RATE}/s + {BURST}); busiest 250 ms of first polls {busiest_quarter}",
+         (budget {RATE}/s + {BURST})",
         firsts[0] - restart,
         firsts[N - 1] - restart,
     );
     assert!(
         busiest <= RATE as usize + BURST + jitter_requests(RATE),
         "{busiest} in one second"
-    );
-    assert!(
-        busiest_quarter <= BURST + (RATE / 4.0) as usize + jitter_requests(RATE),
-        "{busiest_quarter} first polls in 250 ms"
     );
     assert!(
         span >= 0.8 * expected_span,
