@@ -45,6 +45,8 @@ pub struct Poller {
     min_claim: usize,
     done: tokio::sync::Notify,
     shutdown: CancellationToken,
+    /// A poll is only sent if it can finish within its watch's lease.
+    request_timeout_ms: Millis,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +88,7 @@ impl Poller {
             min_claim: (u.max_in_flight / 2).max(1),
             done: tokio::sync::Notify::new(),
             shutdown,
+            request_timeout_ms: u.request_timeout.as_millis() as Millis,
         }
     }
 
@@ -192,6 +195,12 @@ impl Poller {
             };
             if w.deadline.is_some_and(|d| d <= now_ms()) {
                 // Past its deadline: the deadline step ends it; do not poll it.
+                return;
+            }
+            // The claim set next_poll_at to the lease's end. A lease that ran out while
+            // this poll waited (a long pause, a 401 phase) may be another replica's now:
+            // let the watch be claimed again rather than poll it twice at once.
+            if w.next_poll_at.is_some_and(|lease_end| now_ms() + self.request_timeout_ms > lease_end) {
                 return;
             }
             let sent = std::time::Instant::now();
