@@ -292,7 +292,10 @@ impl Settings {
             if !urls.insert(e.url.as_str()) {
                 return Err(invalid(
                     "webhooks.endpoints.url",
-                    format!("{} is configured twice; give each endpoint its own URL", e.url),
+                    format!(
+                        "{} is configured twice; give each endpoint its own URL",
+                        e.url
+                    ),
                 ));
             }
             if !matches!(e.url.scheme(), "http" | "https") {

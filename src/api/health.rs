@@ -42,8 +42,14 @@ async fn readyz(State(state): State<SharedState>) -> (StatusCode, Json<Value>) {
     if let Err(e) = state.store.ping().await {
         tracing::warn!(error = %e, "readiness: store does not answer");
         problems.push("the store does not answer".to_string());
-    } else if state.signals.write_failing.load(std::sync::atomic::Ordering::Relaxed) {
-        problems.push("the store does not take writes (poll results are waiting to be committed)".to_string());
+    } else if state
+        .signals
+        .write_failing
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        problems.push(
+            "the store does not take writes (poll results are waiting to be committed)".to_string(),
+        );
     }
     if state.budget.credentials_rejected() {
         problems

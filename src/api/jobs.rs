@@ -278,7 +278,10 @@ async fn show(
             Ok(Err(RecvError::Closed)) => break,
         }
     }
-    let deliveries = state.store.deliveries_of_watch(watch.wid, watch.generation).await?;
+    let deliveries = state
+        .store
+        .deliveries_of_watch(watch.wid, watch.generation)
+        .await?;
     let mut body = view::watch(&watch);
     body["deliveries"] = deliveries.iter().map(view::delivery).collect();
     Ok(Json(body))

@@ -200,7 +200,9 @@ impl Poller {
             // The claim set next_poll_at to the lease's end. A lease that ran out while
             // this poll waited (a long pause, a 401 phase) may be another replica's now:
             // let the watch be claimed again rather than poll it twice at once.
-            if w.next_poll_at.is_some_and(|lease_end| now_ms() + self.request_timeout_ms > lease_end) {
+            if w.next_poll_at
+                .is_some_and(|lease_end| now_ms() + self.request_timeout_ms > lease_end)
+            {
                 return;
             }
             let sent = std::time::Instant::now();

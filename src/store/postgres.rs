@@ -29,7 +29,9 @@ impl PgStore {
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options)
             .await
-            .map_err(|e| StoreError::Unusable(format!("cannot connect to {}: {e}", redact_url(url))))?;
+            .map_err(|e| {
+                StoreError::Unusable(format!("cannot connect to {}: {e}", redact_url(url)))
+            })?;
         check_is_ours(&pool, url).await?;
         MIGRATOR.run(&pool).await?;
         Ok(PgStore { pool })
@@ -56,7 +58,9 @@ async fn check_is_ours(pool: &PgPool, url: &str) -> Result<()> {
         }
         return Ok(());
     }
-    let newest: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations").fetch_one(pool).await?;
+    let newest: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations")
+        .fetch_one(pool)
+        .await?;
     let known = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
     if let Some(v) = newest.filter(|v| *v > known) {
         return Err(StoreError::Unusable(format!(
@@ -102,16 +106,24 @@ impl Store for PgStore {
     }
 
     async fn get_watch(&self, kind: Kind, job_id: &str) -> Result<Option<WatchRecord>> {
-        let row: Option<WatchRow> = sqlx::query_as(&format!("SELECT {WATCH_COLS} FROM watches WHERE kind = $1 AND job_id = $2"))
-            .bind(kind.as_str())
-            .bind(job_id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row: Option<WatchRow> = sqlx::query_as(&format!(
+            "SELECT {WATCH_COLS} FROM watches WHERE kind = $1 AND job_id = $2"
+        ))
+        .bind(kind.as_str())
+        .bind(job_id)
+        .fetch_optional(&self.pool)
+        .await?;
         row.map(WatchRecord::try_from).transpose()
     }
 
-    async fn list_watches(&self, filter: &ListFilter, limit: u32, after: Option<Cursor>) -> Result<Vec<WatchRecord>> {
-        let mut q = QueryBuilder::<Postgres>::new(format!("SELECT {WATCH_COLS} FROM watches WHERE true"));
+    async fn list_watches(
+        &self,
+        filter: &ListFilter,
+        limit: u32,
+        after: Option<Cursor>,
+    ) -> Result<Vec<WatchRecord>> {
+        let mut q =
+            QueryBuilder::<Postgres>::new(format!("SELECT {WATCH_COLS} FROM watches WHERE true"));
         if let Some(kind) = filter.kind {
             q.push(" AND kind = ").push_bind(kind.as_str());
         }
@@ -137,7 +149,8 @@ impl Store for PgStore {
                 .push_bind(c.wid)
                 .push(")");
         }
-        q.push(" ORDER BY watched_at DESC, wid DESC LIMIT ").push_bind(limit as i64);
+        q.push(" ORDER BY watched_at DESC, wid DESC LIMIT ")
+            .push_bind(limit as i64);
         rows::watches(q.build_query_as().fetch_all(&self.pool).await?)
     }
 
@@ -155,12 +168,13 @@ impl Store for PgStore {
         let result = match row {
             Some(row) => Cancelled::Now(row.try_into()?),
             None => {
-                let row: Option<WatchRow> =
-                    sqlx::query_as(&format!("SELECT {WATCH_COLS} FROM watches WHERE kind = $1 AND job_id = $2"))
-                        .bind(kind.as_str())
-                        .bind(job_id)
-                        .fetch_optional(&mut *tx)
-                        .await?;
+                let row: Option<WatchRow> = sqlx::query_as(&format!(
+                    "SELECT {WATCH_COLS} FROM watches WHERE kind = $1 AND job_id = $2"
+                ))
+                .bind(kind.as_str())
+                .bind(job_id)
+                .fetch_optional(&mut *tx)
+                .await?;
                 match row {
                     Some(row) => Cancelled::AlreadyEnded(row.try_into()?),
                     None => Cancelled::Unknown,
@@ -171,7 +185,12 @@ impl Store for PgStore {
         Ok(result)
     }
 
-    async fn claim_due_watches(&self, now: Millis, limit: u32, lease_until: Millis) -> Result<Vec<WatchRecord>> {
+    async fn claim_due_watches(
+        &self,
+        now: Millis,
+        limit: u32,
+        lease_until: Millis,
+    ) -> Result<Vec<WatchRecord>> {
         rows::watches(
             sqlx::query_as(&format!(
                 "UPDATE watches SET leased_until = $2, next_poll_at = $2
@@ -224,10 +243,12 @@ impl Store for PgStore {
     }
 
     async fn count_due(&self, now: Millis) -> Result<u64> {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM watches WHERE outcome IS NULL AND next_poll_at <= $1")
-            .bind(now)
-            .fetch_one(&self.pool)
-            .await?;
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM watches WHERE outcome IS NULL AND next_poll_at <= $1",
+        )
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
         Ok(n as u64)
     }
 
@@ -299,7 +320,12 @@ impl Store for PgStore {
         Ok(applied)
     }
 
-    async fn claim_due_deliveries(&self, now: Millis, limit: u32, lease_until: Millis) -> Result<Vec<DueDelivery>> {
+    async fn claim_due_deliveries(
+        &self,
+        now: Millis,
+        limit: u32,
+        lease_until: Millis,
+    ) -> Result<Vec<DueDelivery>> {
         let mut tx = self.pool.begin().await?;
         let claimed = rows::deliveries(
             sqlx::query_as(&format!(
@@ -316,21 +342,22 @@ impl Store for PgStore {
         )?;
         let eids: Vec<i64> = claimed.iter().map(|d| d.eid).collect();
         let events: std::collections::HashMap<i64, (String, String)> =
-            sqlx::query_as::<_, (i64, String, String)>("SELECT eid, type, body FROM events WHERE eid = ANY($1)")
-                .bind(&eids)
-                .fetch_all(&mut *tx)
-                .await?
-                .into_iter()
-                .map(|(eid, t, b)| (eid, (t, b)))
-                .collect();
+            sqlx::query_as::<_, (i64, String, String)>(
+                "SELECT eid, type, body FROM events WHERE eid = ANY($1)",
+            )
+            .bind(&eids)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .map(|(eid, t, b)| (eid, (t, b)))
+            .collect();
         tx.commit().await?;
         claimed
             .into_iter()
             .map(|d| {
-                let (event_type, body) = events
-                    .get(&d.eid)
-                    .cloned()
-                    .ok_or_else(|| StoreError::Corrupt(format!("delivery {} has no event {}", d.did, d.eid)))?;
+                let (event_type, body) = events.get(&d.eid).cloned().ok_or_else(|| {
+                    StoreError::Corrupt(format!("delivery {} has no event {}", d.did, d.eid))
+                })?;
                 Ok(DueDelivery {
                     delivery: d,
                     event_type,
@@ -396,8 +423,15 @@ impl Store for PgStore {
         )
     }
 
-    async fn list_deliveries(&self, status: Option<DeliveryStatus>, limit: u32, after: Option<i64>) -> Result<Vec<DeliveryRecord>> {
-        let mut q = QueryBuilder::<Postgres>::new(format!("SELECT {DELIVERY_COLS} FROM deliveries WHERE true"));
+    async fn list_deliveries(
+        &self,
+        status: Option<DeliveryStatus>,
+        limit: u32,
+        after: Option<i64>,
+    ) -> Result<Vec<DeliveryRecord>> {
+        let mut q = QueryBuilder::<Postgres>::new(format!(
+            "SELECT {DELIVERY_COLS} FROM deliveries WHERE true"
+        ));
         if let Some(s) = status {
             q.push(" AND status = ").push_bind(s.as_str());
         }
@@ -405,7 +439,11 @@ impl Store for PgStore {
             q.push(" AND did < ").push_bind(after);
         }
         q.push(" ORDER BY did DESC LIMIT ").push_bind(limit as i64);
-        rows::deliveries(q.build_query_as::<DeliveryRow>().fetch_all(&self.pool).await?)
+        rows::deliveries(
+            q.build_query_as::<DeliveryRow>()
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     async fn attempts_of(&self, did: i64) -> Result<Vec<AttemptRecord>> {
@@ -431,10 +469,12 @@ impl Store for PgStore {
         let result = match row {
             Some(row) => Retried::Now(row.try_into()?),
             None => {
-                let row: Option<DeliveryRow> = sqlx::query_as(&format!("SELECT {DELIVERY_COLS} FROM deliveries WHERE did = $1"))
-                    .bind(did)
-                    .fetch_optional(&mut *tx)
-                    .await?;
+                let row: Option<DeliveryRow> = sqlx::query_as(&format!(
+                    "SELECT {DELIVERY_COLS} FROM deliveries WHERE did = $1"
+                ))
+                .bind(did)
+                .fetch_optional(&mut *tx)
+                .await?;
                 match row {
                     Some(row) => Retried::NotRetryable(row.try_into()?),
                     None => Retried::Unknown,
@@ -446,9 +486,11 @@ impl Store for PgStore {
     }
 
     async fn next_delivery_at(&self) -> Result<Option<Millis>> {
-        Ok(sqlx::query_scalar("SELECT min(next_attempt_at) FROM deliveries WHERE status IN ('pending', 'retrying')")
-            .fetch_one(&self.pool)
-            .await?)
+        Ok(sqlx::query_scalar(
+            "SELECT min(next_attempt_at) FROM deliveries WHERE status IN ('pending', 'retrying')",
+        )
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     async fn counts(&self, now: Millis) -> Result<Counts> {
@@ -461,26 +503,31 @@ impl Store for PgStore {
         )
         .fetch_all(&self.pool)
         .await?;
-        let overdue: i64 = sqlx::query_scalar("SELECT count(*) FROM watches WHERE outcome IS NULL AND next_poll_at < $1")
-            .bind(now - 5_000)
-            .fetch_one(&self.pool)
-            .await?;
+        let overdue: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM watches WHERE outcome IS NULL AND next_poll_at < $1",
+        )
+        .bind(now - 5_000)
+        .fetch_one(&self.pool)
+        .await?;
         let oldest: Option<(String, String, i64)> = sqlx::query_as(
             "SELECT kind, job_id, watched_at FROM watches WHERE outcome IS NULL ORDER BY watched_at, wid LIMIT 1",
         )
         .fetch_optional(&self.pool)
         .await?;
-        let deliveries_by_status: Vec<(String, i64)> =
-            sqlx::query_as("SELECT status, count(*) FROM deliveries GROUP BY status ORDER BY status")
-                .fetch_all(&self.pool)
-                .await?;
+        let deliveries_by_status: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT status, count(*) FROM deliveries GROUP BY status ORDER BY status",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         Ok(Counts {
             running: running_by_state.iter().map(|(_, n)| n).sum(),
             running_by_state,
             ended_by_outcome,
             overdue,
             oldest_running: oldest
-                .map(|(k, id, at)| Ok::<_, StoreError>((k.parse().map_err(StoreError::Corrupt)?, id, at)))
+                .map(|(k, id, at)| {
+                    Ok::<_, StoreError>((k.parse().map_err(StoreError::Corrupt)?, id, at))
+                })
                 .transpose()?,
             deliveries_by_status,
         })

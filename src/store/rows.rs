@@ -8,7 +8,8 @@ pub const WATCH_COLS: &str = "wid, kind, job_id, generation, webhook_url, metada
     upstream_created, upstream_started, upstream_ended, upstream_errors, outcome, outcome_at, last_poll_at, \
     next_poll_at, interval_ms, poll_count, error_count, consecutive_errors, last_error, not_found_since";
 
-pub const DELIVERY_COLS: &str = "did, eid, wid, webhook_id, target, url, status, attempts, next_attempt_at, \
+pub const DELIVERY_COLS: &str =
+    "did, eid, wid, webhook_id, target, url, status, attempts, next_attempt_at, \
     last_status, last_error, created_at, delivered_at";
 
 #[derive(sqlx::FromRow)]
@@ -57,7 +58,11 @@ impl TryFrom<WatchRow> for WatchRecord {
                 ended: r.upstream_ended,
                 errors: parse_json(r.upstream_errors)?,
             },
-            outcome: r.outcome.map(|o| o.parse()).transpose().map_err(StoreError::Corrupt)?,
+            outcome: r
+                .outcome
+                .map(|o| o.parse())
+                .transpose()
+                .map_err(StoreError::Corrupt)?,
             outcome_at: r.outcome_at,
             last_poll_at: r.last_poll_at,
             next_poll_at: r.next_poll_at,
@@ -144,8 +149,10 @@ pub fn deliveries(rows: Vec<DeliveryRow>) -> Result<Vec<DeliveryRecord>> {
 }
 
 pub fn parse_json(s: Option<String>) -> Result<Option<serde_json::Value>> {
-    s.map(|s| serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("stored JSON: {e}"))))
-        .transpose()
+    s.map(|s| {
+        serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("stored JSON: {e}")))
+    })
+    .transpose()
 }
 
 pub fn json_text(v: &Option<serde_json::Value>) -> Option<String> {

@@ -106,13 +106,19 @@ async fn run(store: DynStore, signals: Arc<Signals>, mut rx: mpsc::Receiver<Writ
         }
         if !watches.is_empty() {
             let started = std::time::Instant::now();
-            let applied = retry("poll results", &signals, || store.apply_watch_updates(&watches)).await;
+            let applied = retry("poll results", &signals, || {
+                store.apply_watch_updates(&watches)
+            })
+            .await;
             crate::metrics::store_write("poll_results", started.elapsed());
             signals.watches_committed(&watches, &applied);
         }
         if !attempts.is_empty() {
             let started = std::time::Instant::now();
-            retry("delivery attempts", &signals, || store.record_attempts(&attempts)).await;
+            retry("delivery attempts", &signals, || {
+                store.record_attempts(&attempts)
+            })
+            .await;
             crate::metrics::store_write("delivery_attempts", started.elapsed());
             // A retry is now due (maybe in a few ms): the dispatcher, asleep on the
             // leased row's far-off time, must look again or it oversleeps by up to a second.

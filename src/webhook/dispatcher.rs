@@ -112,7 +112,9 @@ impl Dispatcher {
         tasks: &TaskTracker,
     ) -> crate::store::Result<usize> {
         use std::sync::atomic::Ordering::Relaxed;
-        let free = self.max_outstanding.saturating_sub(self.outstanding.load(Relaxed));
+        let free = self
+            .max_outstanding
+            .saturating_sub(self.outstanding.load(Relaxed));
         if free == 0 {
             return Ok(0);
         }
@@ -265,7 +267,8 @@ impl Dispatcher {
                     0
                 }
             };
-            let room = self.outstanding.load(std::sync::atomic::Ordering::Relaxed) < self.max_outstanding;
+            let room =
+                self.outstanding.load(std::sync::atomic::Ordering::Relaxed) < self.max_outstanding;
             if claimed > 0 && room {
                 tokio::task::yield_now().await;
                 continue;

@@ -5,12 +5,12 @@
 mod helpers;
 mod receiver;
 
-mod core;
-mod python_receiver;
-mod webhooks;
-mod postgres;
 mod cli;
-mod upstream;
+mod core;
 mod crash;
 mod durability;
 mod metrics;
+mod postgres;
+mod python_receiver;
+mod upstream;
+mod webhooks;

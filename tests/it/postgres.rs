@@ -15,15 +15,22 @@ const BASE: &str = "postgres://postgres@127.0.0.1:5432/test";
 /// A fresh schema; its URL points every connection at it.
 async fn schema() -> (String, String) {
     let name = format!("jw_{}", ulid::Ulid::new().to_string().to_lowercase());
-    let pool = sqlx::PgPool::connect(BASE).await.expect("PostgreSQL at 127.0.0.1:5432 (see README)");
-    sqlx::query(&format!("CREATE SCHEMA {name}")).execute(&pool).await.expect("create schema");
+    let pool = sqlx::PgPool::connect(BASE)
+        .await
+        .expect("PostgreSQL at 127.0.0.1:5432 (see README)");
+    sqlx::query(&format!("CREATE SCHEMA {name}"))
+        .execute(&pool)
+        .await
+        .expect("create schema");
     pool.close().await;
     (format!("{BASE}?options[search_path]={name}"), name)
 }
 
 async fn drop_schema(name: &str) {
     if let Ok(pool) = sqlx::PgPool::connect(BASE).await {
-        let _ = sqlx::query(&format!("DROP SCHEMA {name} CASCADE")).execute(&pool).await;
+        let _ = sqlx::query(&format!("DROP SCHEMA {name} CASCADE"))
+            .execute(&pool)
+            .await;
     }
 }
 
@@ -44,7 +51,14 @@ async fn the_daemon_runs_on_postgresql_end_to_end() {
         ],
     ))
     .await;
-    let ids = ["succeed-pg", "failed-pg", "doneerr-pg", "badrequest-pg", "notfound-pg", "myorg:pg.1"];
+    let ids = [
+        "succeed-pg",
+        "failed-pg",
+        "doneerr-pg",
+        "badrequest-pg",
+        "notfound-pg",
+        "myorg:pg.1",
+    ];
     let (status, body) = app
         .post_jobs(json!({"kind": "delete", "ids": ids, "webhook_url": receiver.url, "metadata": {"team": "pg"}}))
         .await;
@@ -64,21 +78,31 @@ async fn the_daemon_runs_on_postgresql_end_to_end() {
     }
     app.wait_all_ended(15).await;
     let got = receiver.wait_for(6, Duration::from_secs(15)).await;
-    let mut ids_seen: Vec<String> = got.iter().map(|r| r.body["data"]["id"].as_str().unwrap_or("").to_string()).collect();
+    let mut ids_seen: Vec<String> = got
+        .iter()
+        .map(|r| r.body["data"]["id"].as_str().unwrap_or("").to_string())
+        .collect();
     ids_seen.sort();
     ids_seen.dedup();
     assert_eq!(ids_seen.len(), 6, "one event per watch: {ids_seen:?}");
 
     // A second POST of the same running-or-ended ids: ended ones start generation 2.
-    let (_, again) = app.post_jobs(json!({"kind": "delete", "ids": ["succeed-pg"]})).await;
+    let (_, again) = app
+        .post_jobs(json!({"kind": "delete", "ids": ["succeed-pg"]}))
+        .await;
     assert_eq!(again["new"], 1);
     let (_, w) = app.get("/v1/jobs/delete/succeed-pg").await;
     assert_eq!(w["generation"], 2);
 
     // Paging works the same on PostgreSQL.
     let (_, page) = app.get("/v1/jobs?kind=delete&limit=4").await;
-    let cursor = page["next_cursor"].as_str().expect("a second page").to_string();
-    let (_, rest) = app.get(&format!("/v1/jobs?kind=delete&limit=4&cursor={cursor}")).await;
+    let cursor = page["next_cursor"]
+        .as_str()
+        .expect("a second page")
+        .to_string();
+    let (_, rest) = app
+        .get(&format!("/v1/jobs?kind=delete&limit=4&cursor={cursor}"))
+        .await;
     assert_eq!(page["jobs"].as_array().map(Vec::len), Some(4));
     assert_eq!(rest["jobs"].as_array().map(Vec::len), Some(2));
     app.stop().await;
@@ -91,7 +115,10 @@ async fn two_replicas_share_the_work_and_never_poll_a_job_at_the_same_time() {
     let sim = Sim::start(Sim::fast()).await;
     let (_d1, db1) = temp_db();
     let (_d2, db2) = temp_db();
-    let overrides = [("store.url", url.as_str()), ("upstream.max_in_flight", "16")];
+    let overrides = [
+        ("store.url", url.as_str()),
+        ("upstream.max_in_flight", "16"),
+    ];
     let a = App::start(settings(&db1, &sim.url, &overrides)).await;
     let b = App::start(settings(&db2, &sim.url, &overrides)).await;
     let ids: Vec<String> = (0..400).map(|i| format!("job-{i}")).collect();
@@ -113,12 +140,21 @@ async fn two_replicas_share_the_work_and_never_poll_a_job_at_the_same_time() {
             closest = closest.min(w[1] - w[0]);
         }
     }
-    assert!(closest >= 40.0, "two polls of one job {closest} ms apart: a lease was not respected");
+    assert!(
+        closest >= 40.0,
+        "two polls of one job {closest} ms apart: a lease was not respected"
+    );
     let (_, sa) = a.get("/v1/status").await;
     let (_, sb) = b.get("/v1/status").await;
-    let (pa, pb) = (sa["upstream"]["total_answers"].as_u64().unwrap_or(0), sb["upstream"]["total_answers"].as_u64().unwrap_or(0));
+    let (pa, pb) = (
+        sa["upstream"]["total_answers"].as_u64().unwrap_or(0),
+        sb["upstream"]["total_answers"].as_u64().unwrap_or(0),
+    );
     assert!(pa > 0 && pb > 0, "both replicas polled: {pa} and {pb}");
-    assert_eq!(sa["watches"]["ended_by_outcome"], sb["watches"]["ended_by_outcome"]);
+    assert_eq!(
+        sa["watches"]["ended_by_outcome"],
+        sb["watches"]["ended_by_outcome"]
+    );
     a.stop().await;
     b.stop().await;
     drop_schema(&name).await;
