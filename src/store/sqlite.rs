@@ -451,9 +451,9 @@ async fn apply_watch_group(
     .collect();
     let mut rows = Vec::new();
     for (r, e) in &events {
-        let eid = eids
-            .get(&r.wid)
-            .ok_or_else(|| StoreError::Corrupt(format!("no event was stored for watch {}", r.wid)))?;
+        let eid = eids.get(&r.wid).ok_or_else(|| {
+            StoreError::Corrupt(format!("no event was stored for watch {}", r.wid))
+        })?;
         for d in &e.deliveries {
             rows.push(serde_json::json!([
                 eid,
