@@ -94,6 +94,17 @@ pub struct Ceiling {
     pub seconds: f64,
     pub requests: u64,
     pub per_second: f64,
+    /// Every measurement's rate (before and after the main run); `per_second` is the best.
+    pub measured: Vec<f64>,
+}
+
+impl Ceiling {
+    /// The better of two measurements, remembering both.
+    pub fn better(a: Ceiling, b: Ceiling) -> Ceiling {
+        let measured: Vec<f64> = a.measured.iter().chain(&b.measured).copied().collect();
+        let best = if b.per_second > a.per_second { b } else { a };
+        Ceiling { measured, ..best }
+    }
 }
 
 /// How many distinct ids the ceiling client cycles through.
@@ -153,5 +164,6 @@ pub async fn ceiling(
         seconds,
         requests,
         per_second: requests as f64 / seconds.max(1e-9),
+        measured: vec![requests as f64 / seconds.max(1e-9)],
     })
 }

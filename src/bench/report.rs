@@ -18,14 +18,14 @@ pub struct Sample {
     pub cpu_seconds: f64,
     pub rss_mib: f64,
     pub delivered: u64,
-    /// Watches more than 5 s late for their poll, as `/v1/status` said last.
-    pub overdue: Option<i64>,
+    /// Watches more than 1 s late for their poll and not yet claimed.
+    pub backlog: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct PollRate {
     pub polls: u64,
-    /// Polls per second while the daemon had a backlog (watches overdue), so that
+    /// Polls per second while the daemon had a backlog (watches late), so that
     /// the rate is its capacity rather than the demand.
     pub sustained_per_second: f64,
     /// Seconds that rate was measured over; 0 when there was never a backlog, and
@@ -46,7 +46,7 @@ impl PollRate {
     ) -> PollRate {
         let (mut polls, mut secs) = (0u64, 0.0f64);
         for w in timeline.windows(2) {
-            let busy = |s: &Sample| s.overdue.is_some_and(|o| o > 0);
+            let busy = |s: &Sample| s.backlog.is_some_and(|o| o > 0);
             if busy(&w[0]) && busy(&w[1]) {
                 polls += w[1].polls - w[0].polls;
                 secs += w[1].t - w[0].t;
@@ -162,7 +162,7 @@ impl Latency {
 pub struct RateLimited {
     pub watches: u64,
     pub limit_per_second: f64,
-    /// Seconds judged: from 10 s after the first request to the end.
+    /// Seconds judged: from `--limited-settle` (10 s) after the first request to the end.
     pub judged_seconds: f64,
     pub requests: u64,
     pub answered_429: u64,
@@ -170,7 +170,7 @@ pub struct RateLimited {
     pub achieved_per_second: f64,
     pub fraction_of_limit: f64,
     pub fraction_429: f64,
-    /// 429s in the first 10 s (the start, not judged).
+    /// 429s before the judged seconds (the start, not judged).
     pub answered_429_while_settling: u64,
 }
 
@@ -310,7 +310,12 @@ impl Report {
         t.push(Target {
             name: "memory",
             target: format!(
-                "peak RSS <= {rss_target} MiB at 100,000 watches (300 MiB at 1,000,000)"
+                "peak RSS <= {rss_target} MiB at {} watches",
+                if n >= 1_000_000 {
+                    "1,000,000"
+                } else {
+                    "100,000"
+                }
             ),
             measured: format!("{rss:.1} MiB at {n} watches"),
             met: rss_applies.then_some(rss <= rss_target),
@@ -397,7 +402,7 @@ impl Report {
         );
         let p = &self.poll;
         println!(
-            "  poll rate:        {:.0} polls/s sustained{}; ceiling {:.0}/s (minimal client, {} in flight): {:.0}%",
+            "  poll rate:        {:.0} polls/s sustained{}; ceiling {:.0}/s (minimal client, {} in flight; measured {}): {:.0}%",
             p.sustained_per_second,
             if p.saturated_seconds > 0.0 {
                 format!(" (over {:.0} s with a backlog)", p.saturated_seconds)
@@ -406,6 +411,12 @@ impl Report {
             },
             p.ceiling_per_second,
             self.ceiling.concurrency,
+            self.ceiling
+                .measured
+                .iter()
+                .map(|m| format!("{m:.0}"))
+                .collect::<Vec<_>>()
+                .join(" and "),
             p.ratio_to_ceiling * 100.0
         );
         println!(
@@ -443,10 +454,11 @@ impl Report {
         );
         if let Some(rl) = &self.rate_limited {
             println!(
-                "  rate-limited:     {} watches, limit {}/s: {:.1}/s answered after the first 10 s = {:.1}% of the limit; {} of {} requests answered 429 ({:.2}%); {} 429s in the first 10 s",
+                "  rate-limited:     {} watches, limit {}/s: {:.1}/s answered over the judged {:.0} s = {:.1}% of the limit; {} of {} requests answered 429 ({:.2}%); {} 429s before",
                 rl.watches,
                 rl.limit_per_second,
                 rl.achieved_per_second,
+                rl.judged_seconds,
                 rl.fraction_of_limit * 100.0,
                 rl.answered_429,
                 rl.requests,
@@ -519,13 +531,13 @@ mod tests {
 
     #[test]
     fn the_sustained_rate_counts_only_seconds_with_a_backlog() {
-        let s = |t: f64, polls: u64, overdue: Option<i64>| Sample {
+        let s = |t: f64, polls: u64, backlog: Option<i64>| Sample {
             t,
             polls,
             cpu_seconds: t / 10.0,
             rss_mib: 1.0,
             delivered: 0,
-            overdue,
+            backlog,
         };
         // 1000/s while overdue, then 100/s once the backlog is gone.
         let tl = vec![
@@ -540,6 +552,7 @@ mod tests {
             seconds: 1.0,
             requests: 2000,
             per_second: 2000.0,
+            measured: vec![2000.0],
         };
         let p = PollRate::from_timeline(&tl, 0, 0.0, &ceiling);
         assert_eq!(p.saturated_seconds, 2.0);

@@ -29,6 +29,44 @@ const DELIVERY_COLS: &str =
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// Leases of claimed watches, until their poll result is written: a SQLite file
+    /// has one daemon, so they live here and a claim writes nothing (the claim's
+    /// commit, row and index writes were as costly as the poll result's; see
+    /// BENCHMARKS.md). A restart forgets them, which is what `recover` did anyway.
+    leases: Leases,
+    claiming: tokio::sync::Mutex<()>,
+    /// The same for claimed deliveries, until their attempt is written.
+    delivery_leases: Leases,
+    claiming_deliveries: tokio::sync::Mutex<()>,
+}
+
+/// id -> the lease's end (a poll or attempt that never reports frees it then).
+#[derive(Default)]
+struct Leases(std::sync::Mutex<std::collections::HashMap<i64, Millis>>);
+
+impl Leases {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<i64, Millis>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The wids leased at `now`, as a JSON array for `NOT IN (SELECT value FROM json_each(?))`.
+    /// Taken before the read that uses it starts: a lease given up after this
+    /// still excludes its watch (whose write that read may not see), and one
+    /// given up before it was given up after its write committed.
+    fn held(&self, now: Millis) -> String {
+        let mut leases = self.lock();
+        leases.retain(|_, until| *until > now);
+        let mut held = String::with_capacity(2 + leases.len() * 8);
+        held.push('[');
+        for (i, wid) in leases.keys().enumerate() {
+            if i > 0 {
+                held.push(',');
+            }
+            held.push_str(&wid.to_string());
+        }
+        held.push(']');
+        held
+    }
 }
 
 /// How long a statement waits for a lock another process holds (a backup tool,
@@ -128,7 +166,14 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await
             .map_err(|e| unusable(url, e))?;
-        Ok(SqliteStore { writer, reader })
+        Ok(SqliteStore {
+            writer,
+            reader,
+            leases: Leases::default(),
+            claiming: tokio::sync::Mutex::new(()),
+            delivery_leases: Leases::default(),
+            claiming_deliveries: tokio::sync::Mutex::new(()),
+        })
     }
 }
 
@@ -652,17 +697,30 @@ impl Store for SqliteStore {
         limit: u32,
         lease_until: Millis,
     ) -> Result<Vec<WatchRecord>> {
+        // One poller claims at a time; the lock keeps two claims (tests, a second
+        // poller) from reading the same leases and taking the same watches.
+        let _one = self.claiming.lock().await;
         let rows = sqlx::query(&format!(
-            "UPDATE watches SET leased_until = ?2, next_poll_at = ?2
-             WHERE wid IN (SELECT wid FROM watches WHERE outcome IS NULL AND next_poll_at <= ?1 ORDER BY next_poll_at LIMIT ?3)
-             RETURNING {WATCH_COLS}"
+            "SELECT {WATCH_COLS} FROM watches
+             WHERE outcome IS NULL AND next_poll_at <= ?1 AND wid NOT IN (SELECT value FROM json_each(?2))
+             ORDER BY next_poll_at LIMIT ?3"
         ))
         .bind(now)
-        .bind(lease_until)
+        .bind(self.leases.held(now))
         .bind(limit as i64)
-        .fetch_all(&self.writer)
+        .fetch_all(&self.reader)
         .await?;
-        rows.iter().map(watch_from_row).collect()
+        let mut claimed = rows
+            .iter()
+            .map(watch_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        let mut leases = self.leases.lock();
+        for w in &mut claimed {
+            leases.insert(w.wid, lease_until);
+            // As a written lease reads: the poller checks the lease's end before it sends.
+            w.next_poll_at = Some(lease_until);
+        }
+        Ok(claimed)
     }
 
     async fn expired_watches(&self, now: Millis, limit: u32) -> Result<Vec<WatchRecord>> {
@@ -678,10 +736,15 @@ impl Store for SqliteStore {
     }
 
     async fn next_wakeup(&self) -> Result<Option<Millis>> {
-        let poll: Option<i64> =
-            sqlx::query_scalar("SELECT min(next_poll_at) FROM watches WHERE outcome IS NULL")
-                .fetch_one(&self.reader)
-                .await?;
+        // Leased watches are being polled: their next poll is not due yet.
+        let poll: Option<i64> = sqlx::query_scalar(
+            "SELECT next_poll_at FROM watches
+             WHERE outcome IS NULL AND next_poll_at IS NOT NULL AND wid NOT IN (SELECT value FROM json_each(?1))
+             ORDER BY next_poll_at LIMIT 1",
+        )
+        .bind(self.leases.held(now_ms()))
+        .fetch_optional(&self.reader)
+        .await?;
         let deadline: Option<i64> = sqlx::query_scalar(
             "SELECT min(deadline) FROM watches WHERE outcome IS NULL AND deadline IS NOT NULL",
         )
@@ -733,6 +796,11 @@ impl Store for SqliteStore {
             apply_watch_group(&mut tx, &updates[from..to], &mut applied[from..to]).await?;
         }
         tx.commit().await?;
+        // Only now: a claim must not see the watch free before its new values.
+        let mut leases = self.leases.lock();
+        for u in updates {
+            leases.remove(&u.record.wid);
+        }
         Ok(applied)
     }
 
@@ -742,17 +810,22 @@ impl Store for SqliteStore {
         limit: u32,
         lease_until: Millis,
     ) -> Result<Vec<DueDelivery>> {
-        let mut tx = self.writer.begin().await?;
+        // Leased in memory like watches (see `SqliteStore::leases`): a claim is a
+        // read, so the dispatcher does not queue behind the poll results' writes.
+        // INDEXED BY: left to itself the planner took the status index and sorted
+        // every pending delivery on each claim.
+        let _one = self.claiming_deliveries.lock().await;
+        let mut conn = self.reader.acquire().await?;
         let rows = sqlx::query(&format!(
-            "UPDATE deliveries SET next_attempt_at = ?2, leased_until = ?2
-             WHERE did IN (SELECT did FROM deliveries WHERE status IN ('pending', 'retrying') AND next_attempt_at <= ?1
-                           ORDER BY next_attempt_at LIMIT ?3)
-             RETURNING {DELIVERY_COLS}"
+            "SELECT {DELIVERY_COLS} FROM deliveries INDEXED BY deliveries_due
+             WHERE status IN ('pending', 'retrying') AND next_attempt_at <= ?1
+               AND did NOT IN (SELECT value FROM json_each(?2))
+             ORDER BY next_attempt_at LIMIT ?3"
         ))
         .bind(now)
-        .bind(lease_until)
+        .bind(self.delivery_leases.held(now))
         .bind(limit as i64)
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut *conn)
         .await?;
         let deliveries = rows
             .iter()
@@ -763,25 +836,32 @@ impl Store for SqliteStore {
             "SELECT eid, type, body FROM events WHERE eid IN (SELECT value FROM json_each(?1))",
         )
         .bind(serde_json::to_string(&eids).map_err(|e| StoreError::Corrupt(e.to_string()))?)
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut *conn)
         .await?
         .iter()
         .map(|r| Ok((r.try_get("eid")?, (r.try_get("type")?, r.try_get("body")?))))
         .collect::<Result<_>>()?;
-        tx.commit().await?;
-        deliveries
+        drop(conn);
+        let due = deliveries
             .into_iter()
-            .map(|d| {
+            .map(|mut d| {
                 let (event_type, body) = events.get(&d.eid).cloned().ok_or_else(|| {
                     StoreError::Corrupt(format!("delivery {} has no event {}", d.did, d.eid))
                 })?;
+                // As a written lease reads.
+                d.next_attempt_at = Some(lease_until);
                 Ok(DueDelivery {
                     delivery: d,
                     event_type,
                     body,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        let mut leases = self.delivery_leases.lock();
+        for d in &due {
+            leases.insert(d.delivery.did, lease_until);
+        }
+        Ok(due)
     }
 
     async fn record_attempts(&self, results: &[AttemptResult]) -> Result<()> {
@@ -790,15 +870,22 @@ impl Store for SqliteStore {
             record_attempt_group(&mut tx, &results[from..to]).await?;
         }
         tx.commit().await?;
+        let mut leases = self.delivery_leases.lock();
+        for r in results {
+            leases.remove(&r.did);
+        }
         Ok(())
     }
 
     async fn stop_deliveries_to(&self, url: &str) -> Result<u64> {
+        // Those in flight (leased) record their own attempt.
         Ok(sqlx::query(
             "UPDATE deliveries SET status = 'gone', next_attempt_at = NULL
-             WHERE url = ?1 AND status IN ('pending', 'retrying') AND leased_until IS NULL",
+             WHERE url = ?1 AND status IN ('pending', 'retrying') AND leased_until IS NULL
+               AND did NOT IN (SELECT value FROM json_each(?2))",
         )
         .bind(url)
+        .bind(self.delivery_leases.held(now_ms()))
         .execute(&self.writer)
         .await?
         .rows_affected())
@@ -872,10 +959,15 @@ impl Store for SqliteStore {
     }
 
     async fn next_delivery_at(&self) -> Result<Option<Millis>> {
+        // Leased deliveries are being sent: not due.
         Ok(sqlx::query_scalar(
-            "SELECT min(next_attempt_at) FROM deliveries WHERE status IN ('pending', 'retrying')",
+            "SELECT next_attempt_at FROM deliveries INDEXED BY deliveries_due
+             WHERE status IN ('pending', 'retrying') AND next_attempt_at IS NOT NULL
+               AND did NOT IN (SELECT value FROM json_each(?1))
+             ORDER BY next_attempt_at LIMIT 1",
         )
-        .fetch_one(&self.reader)
+        .bind(self.delivery_leases.held(now_ms()))
+        .fetch_optional(&self.reader)
         .await?)
     }
 

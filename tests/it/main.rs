@@ -5,6 +5,7 @@
 mod helpers;
 mod receiver;
 
+mod bench;
 mod cli;
 mod core;
 mod crash;
