@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -100,6 +100,12 @@ impl Daemon {
         loops.spawn(dispatcher.run(shutdown.clone(), tasks.clone()));
         let pruner = Arc::new(Pruner::new(store.clone(), settings.store.retention));
         loops.spawn(pruner.run(shutdown.clone()));
+        loops.spawn(checkpoints(
+            store.clone(),
+            settings.store.checkpoint_interval,
+            signals.clone(),
+            shutdown.clone(),
+        ));
 
         let state = Arc::new(AppState {
             store: store.clone(),
@@ -140,6 +146,38 @@ impl Daemon {
         }
         tracing::info!("jobwatch stopped");
         served.context("serving HTTP")
+    }
+}
+
+/// Write the poll bookkeeping a store keeps in memory every `every`, until
+/// `shutdown` (the store's `close` writes the rest). A failed checkpoint keeps
+/// the bookkeeping for the next one, and `/readyz` says writes fail meanwhile.
+async fn checkpoints(
+    store: DynStore,
+    every: Duration,
+    signals: Arc<Signals>,
+    shutdown: CancellationToken,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let started = Instant::now();
+        match store.checkpoint().await {
+            Ok(n) => {
+                if n > 0 {
+                    signals.write_failing.store(false, Relaxed);
+                    crate::metrics::store_write("checkpoint", started.elapsed());
+                    tracing::debug!(watches = n, "wrote the poll bookkeeping");
+                }
+            }
+            Err(e) => {
+                signals.write_failing.store(true, Relaxed);
+                tracing::warn!(error = %e, "writing the poll bookkeeping failed; trying again at the next checkpoint");
+            }
+        }
     }
 }
 

@@ -80,6 +80,8 @@ pub struct StoreSettings {
     pub url: String,
     #[serde(deserialize_with = "duration")]
     pub retention: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub checkpoint_interval: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -263,6 +265,9 @@ impl Settings {
                 "upstream.error_backoff_base",
                 "must be above 0 and at most upstream.error_backoff_max",
             ));
+        }
+        if self.store.checkpoint_interval.is_zero() {
+            return Err(invalid("store.checkpoint_interval", "must be above 0"));
         }
         let p = &self.poller;
         if p.initial_interval.is_zero() || p.initial_interval > p.max_interval {

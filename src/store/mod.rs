@@ -9,6 +9,7 @@
 pub mod postgres;
 pub mod pruner;
 mod rows;
+pub mod schedule;
 pub mod sqlite;
 pub mod writer;
 
@@ -306,7 +307,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Apply poll results (and their events) in one transaction. Returns, per
     /// update, whether it applied (false: the watch ended or changed generation meanwhile).
+    /// A store may keep results that change only a watch's poll bookkeeping in
+    /// memory until [`Store::checkpoint`] (SQLite does: see `schedule`).
     async fn apply_watch_updates(&self, updates: &[WatchUpdate]) -> Result<Vec<bool>>;
+    /// Write poll bookkeeping kept in memory; returns how many watches it wrote.
+    async fn checkpoint(&self) -> Result<u64> {
+        Ok(0)
+    }
 
     async fn claim_due_deliveries(
         &self,

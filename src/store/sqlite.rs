@@ -14,6 +14,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite, SqlitePool};
 
+use super::schedule::{Bookkeeping, Schedule};
 use super::*;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -29,13 +30,13 @@ const DELIVERY_COLS: &str =
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
-    /// Leases of claimed watches, until their poll result is written: a SQLite file
-    /// has one daemon, so they live here and a claim writes nothing (the claim's
-    /// commit, row and index writes were as costly as the poll result's; see
-    /// BENCHMARKS.md). A restart forgets them, which is what `recover` did anyway.
-    leases: Leases,
-    claiming: tokio::sync::Mutex<()>,
-    /// The same for claimed deliveries, until their attempt is written.
+    /// Which running watch is polled next, which are claimed, and the poll
+    /// bookkeeping not yet written (see `schedule`): a SQLite file has one daemon,
+    /// so a claim writes nothing and neither does a result that changed only that
+    /// bookkeeping (BENCHMARKS.md). A restart reads the schedule from the file.
+    schedule: std::sync::Mutex<Schedule>,
+    /// Leases of claimed deliveries, until their attempt is written (a claim
+    /// writes nothing here either).
     delivery_leases: Leases,
     claiming_deliveries: tokio::sync::Mutex<()>,
 }
@@ -166,14 +167,87 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await
             .map_err(|e| unusable(url, e))?;
-        Ok(SqliteStore {
+        let store = SqliteStore {
             writer,
             reader,
-            leases: Leases::default(),
-            claiming: tokio::sync::Mutex::new(()),
+            schedule: Default::default(),
             delivery_leases: Leases::default(),
             claiming_deliveries: tokio::sync::Mutex::new(()),
-        })
+        };
+        store.load_schedule().await?;
+        Ok(store)
+    }
+
+    fn schedule(&self) -> std::sync::MutexGuard<'_, Schedule> {
+        self.schedule.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Read every running watch's next poll from the file.
+    async fn load_schedule(&self) -> Result<()> {
+        let rows: Vec<(i64, Option<i64>)> =
+            sqlx::query_as("SELECT wid, next_poll_at FROM watches WHERE outcome IS NULL")
+                .fetch_all(&self.reader)
+                .await?;
+        let mut fresh = Schedule::default();
+        for (wid, next) in rows {
+            fresh.add(wid, next.unwrap_or(0));
+        }
+        *self.schedule() = fresh;
+        Ok(())
+    }
+
+    /// Write poll bookkeeping kept in memory, a transaction per 2,000 watches (other
+    /// writes wait for the one connection no longer than one of them). A
+    /// watch that ended, changed generation, or has newer bookkeeping in the file
+    /// (a result written since this was taken) keeps what the file has.
+    async fn write_bookkeeping(&self, taken: &[(i64, Bookkeeping)]) -> Result<u64> {
+        let mut written = 0;
+        for chunk in taken.chunks(2_000) {
+            let rows: Vec<serde_json::Value> = chunk
+                .iter()
+                .map(|(wid, b)| {
+                    serde_json::json!([
+                        wid,
+                        b.generation,
+                        b.last_poll_at,
+                        b.next_poll_at,
+                        b.interval_ms,
+                        b.poll_count,
+                        b.error_count,
+                        b.consecutive_errors
+                    ])
+                })
+                .collect();
+            let mut tx = self.writer.begin().await?;
+            written += sqlx::query(
+                "UPDATE watches SET last_poll_at = u.value ->> 2, next_poll_at = u.value ->> 3,
+                    interval_ms = u.value ->> 4, poll_count = u.value ->> 5,
+                    error_count = u.value ->> 6, consecutive_errors = u.value ->> 7
+                 FROM json_each(?1) AS u
+                 WHERE watches.wid = u.value ->> 0 AND watches.generation = u.value ->> 1
+                   AND watches.outcome IS NULL AND watches.poll_count <= u.value ->> 5",
+            )
+            .bind(json_param(&rows)?)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            tx.commit().await?;
+        }
+        Ok(written)
+    }
+
+    /// `w` with the poll bookkeeping that is not in the file yet.
+    fn current(&self, mut w: WatchRecord) -> WatchRecord {
+        if let Some(b) = self.schedule().unwritten(w.wid) {
+            b.overlay(&mut w);
+        }
+        w
+    }
+
+    fn current_rows(&self, rows: &[SqliteRow]) -> Result<Vec<WatchRecord>> {
+        rows.iter()
+            .map(|r| Ok(self.current(watch_from_row(r)?)))
+            .collect()
     }
 }
 
@@ -576,7 +650,7 @@ impl Store for SqliteStore {
         let ids =
             serde_json::to_string(&new.ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut tx = self.writer.begin().await?;
-        let started: Vec<i64> = sqlx::query_scalar(
+        let started: Vec<(i64, Millis)> = sqlx::query_as(
             "INSERT INTO watches (kind, job_id, webhook_url, metadata, watched_at, deadline, next_poll_at, interval_ms)
              SELECT ?1, j.value, ?2, ?3, ?4, ?5, ?6 + (abs(random()) % ?7), ?8 FROM json_each(?9) AS j WHERE true
              ON CONFLICT (kind, job_id) DO UPDATE SET
@@ -587,7 +661,7 @@ impl Store for SqliteStore {
                 interval_ms = excluded.interval_ms, poll_count = 0, error_count = 0, consecutive_errors = 0,
                 last_error = NULL, not_found_since = NULL, leased_until = NULL
              WHERE watches.outcome IS NOT NULL
-             RETURNING wid",
+             RETURNING wid, next_poll_at",
         )
         .bind(new.kind.as_str())
         .bind(&new.webhook_url)
@@ -601,6 +675,10 @@ impl Store for SqliteStore {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
+        let mut schedule = self.schedule();
+        for (wid, next) in &started {
+            schedule.add(*wid, *next);
+        }
         let started = started.len() as u64;
         Ok(Ingested {
             new: started,
@@ -616,7 +694,9 @@ impl Store for SqliteStore {
         .bind(job_id)
         .fetch_optional(&self.reader)
         .await?;
-        row.as_ref().map(watch_from_row).transpose()
+        row.as_ref()
+            .map(|r| Ok(self.current(watch_from_row(r)?)))
+            .transpose()
     }
 
     async fn list_watches(
@@ -657,7 +737,7 @@ impl Store for SqliteStore {
         q.push(" ORDER BY watched_at DESC, wid DESC LIMIT ")
             .push_bind(limit as i64);
         let rows = q.build().fetch_all(&self.reader).await?;
-        rows.iter().map(watch_from_row).collect()
+        self.current_rows(&rows)
     }
 
     async fn cancel_watch(&self, kind: Kind, job_id: &str, now: Millis) -> Result<Cancelled> {
@@ -672,7 +752,7 @@ impl Store for SqliteStore {
         .fetch_optional(&mut *tx)
         .await?;
         let result = match row {
-            Some(row) => Cancelled::Now(watch_from_row(&row)?),
+            Some(row) => Cancelled::Now(self.current(watch_from_row(&row)?)),
             None => {
                 let row = sqlx::query(&format!(
                     "SELECT {WATCH_COLS} FROM watches WHERE kind = ?1 AND job_id = ?2"
@@ -688,6 +768,9 @@ impl Store for SqliteStore {
             }
         };
         tx.commit().await?;
+        if let Cancelled::Now(w) = &result {
+            self.schedule().remove(w.wid);
+        }
         Ok(result)
     }
 
@@ -697,28 +780,47 @@ impl Store for SqliteStore {
         limit: u32,
         lease_until: Millis,
     ) -> Result<Vec<WatchRecord>> {
-        // One poller claims at a time; the lock keeps two claims (tests, a second
-        // poller) from reading the same leases and taking the same watches.
-        let _one = self.claiming.lock().await;
+        let wids = self.schedule().claim(now, limit as usize, lease_until);
+        if wids.is_empty() {
+            return Ok(Vec::new());
+        }
         let rows = sqlx::query(&format!(
             "SELECT {WATCH_COLS} FROM watches
-             WHERE outcome IS NULL AND next_poll_at <= ?1 AND wid NOT IN (SELECT value FROM json_each(?2))
-             ORDER BY next_poll_at LIMIT ?3"
+             WHERE wid IN (SELECT value FROM json_each(?1)) AND outcome IS NULL"
         ))
-        .bind(now)
-        .bind(self.leases.held(now))
-        .bind(limit as i64)
+        .bind(serde_json::to_string(&wids).map_err(|e| StoreError::Corrupt(e.to_string()))?)
         .fetch_all(&self.reader)
-        .await?;
+        .await;
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) => {
+                // Not polled: due again at once rather than when the lease runs out.
+                let mut schedule = self.schedule();
+                for wid in wids {
+                    schedule.add(wid, now);
+                }
+                return Err(e.into());
+            }
+        };
         let mut claimed = rows
             .iter()
             .map(watch_from_row)
             .collect::<Result<Vec<_>>>()?;
-        let mut leases = self.leases.lock();
+        claimed.sort_by_key(|w| wids.iter().position(|x| *x == w.wid));
+        let mut schedule = self.schedule();
         for w in &mut claimed {
-            leases.insert(w.wid, lease_until);
+            if let Some(b) = schedule.unwritten(w.wid) {
+                b.overlay(w);
+            }
+            schedule.claimed(w.wid, Some(w));
             // As a written lease reads: the poller checks the lease's end before it sends.
             w.next_poll_at = Some(lease_until);
+        }
+        // Claimed but not running in the file any more (ended meanwhile).
+        for wid in wids {
+            if !claimed.iter().any(|w| w.wid == wid) {
+                schedule.claimed(wid, None);
+            }
         }
         Ok(claimed)
     }
@@ -732,19 +834,12 @@ impl Store for SqliteStore {
         .bind(limit as i64)
         .fetch_all(&self.reader)
         .await?;
-        rows.iter().map(watch_from_row).collect()
+        self.current_rows(&rows)
     }
 
     async fn next_wakeup(&self) -> Result<Option<Millis>> {
-        // Leased watches are being polled: their next poll is not due yet.
-        let poll: Option<i64> = sqlx::query_scalar(
-            "SELECT next_poll_at FROM watches
-             WHERE outcome IS NULL AND next_poll_at IS NOT NULL AND wid NOT IN (SELECT value FROM json_each(?1))
-             ORDER BY next_poll_at LIMIT 1",
-        )
-        .bind(self.leases.held(now_ms()))
-        .fetch_optional(&self.reader)
-        .await?;
+        // Claimed watches are being polled: their next poll is not due yet.
+        let poll = self.schedule().next_due();
         let deadline: Option<i64> = sqlx::query_scalar(
             "SELECT min(deadline) FROM watches WHERE outcome IS NULL AND deadline IS NOT NULL",
         )
@@ -775,6 +870,7 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        self.load_schedule().await?;
         Ok(moved)
     }
 
@@ -791,17 +887,65 @@ impl Store for SqliteStore {
 
     async fn apply_watch_updates(&self, updates: &[WatchUpdate]) -> Result<Vec<bool>> {
         let mut applied = vec![false; updates.len()];
+        // Results that change only the poll bookkeeping stay in the schedule (the
+        // next checkpoint writes them); the rest are written now, in order.
+        let mut write = Vec::new();
+        let mut written = Vec::new();
+        {
+            let mut schedule = self.schedule();
+            let mut queued = std::collections::HashSet::new();
+            for (i, u) in updates.iter().enumerate() {
+                // Once a watch has a result to write, its later ones in this batch
+                // are written too, after it.
+                if u.event.is_none()
+                    && !queued.contains(&u.record.wid)
+                    && schedule.only_bookkeeping(&u.record)
+                {
+                    applied[i] = schedule.note(&u.record);
+                } else {
+                    queued.insert(u.record.wid);
+                    write.push(u.clone());
+                    written.push(i);
+                }
+            }
+        }
+        if write.is_empty() {
+            return Ok(applied);
+        }
+        let mut done = vec![false; write.len()];
         let mut tx = self.writer.begin().await?;
-        for (from, to) in distinct_runs(updates.iter().map(|u| u.record.wid)) {
-            apply_watch_group(&mut tx, &updates[from..to], &mut applied[from..to]).await?;
+        for (from, to) in distinct_runs(write.iter().map(|u| u.record.wid)) {
+            apply_watch_group(&mut tx, &write[from..to], &mut done[from..to]).await?;
         }
         tx.commit().await?;
         // Only now: a claim must not see the watch free before its new values.
-        let mut leases = self.leases.lock();
-        for u in updates {
-            leases.remove(&u.record.wid);
+        let mut schedule = self.schedule();
+        for ((u, ok), i) in write.iter().zip(done).zip(written) {
+            applied[i] = ok;
+            if !ok {
+                continue;
+            }
+            match u.record.outcome {
+                Some(_) => schedule.remove(u.record.wid),
+                None => schedule.written(u.record.wid, u.record.next_poll_at),
+            }
         }
         Ok(applied)
+    }
+
+    async fn checkpoint(&self) -> Result<u64> {
+        let taken = self.schedule().take_unwritten();
+        if taken.is_empty() {
+            return Ok(0);
+        }
+        let written = self.write_bookkeeping(&taken).await;
+        match written {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                self.schedule().restore_unwritten(taken);
+                Err(e)
+            }
+        }
     }
 
     async fn claim_due_deliveries(
@@ -980,12 +1124,7 @@ impl Store for SqliteStore {
             sqlx::query_as("SELECT outcome, count(*) FROM watches WHERE outcome IS NOT NULL GROUP BY outcome ORDER BY outcome")
                 .fetch_all(&self.reader)
                 .await?;
-        let overdue: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM watches WHERE outcome IS NULL AND next_poll_at < ?1",
-        )
-        .bind(now - 5_000)
-        .fetch_one(&self.reader)
-        .await?;
+        let overdue = self.schedule().overdue(now - 5_000) as i64;
         let oldest: Option<(String, String, i64)> = sqlx::query_as(
             "SELECT kind, job_id, watched_at FROM watches WHERE outcome IS NULL ORDER BY watched_at, wid LIMIT 1",
         )
@@ -1030,6 +1169,9 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
+        if let Err(e) = self.checkpoint().await {
+            tracing::warn!(error = %e, "could not write the poll bookkeeping at close; the file keeps that of the last checkpoint");
+        }
         self.writer.close().await;
         self.reader.close().await;
     }

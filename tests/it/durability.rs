@@ -674,7 +674,9 @@ async fn failed_writes_answer_503_acknowledge_nothing_and_recover() {
     let rx = TestReceiver::start(Some(secret.clone())).await;
     let (dir, db) = temp_db();
     let mut cfg = ConfigFile::new(&db, &sim.url);
+    // Checkpoints often: the running watches' poll bookkeeping is a write too.
     cfg.set("api", "shutdown_grace", "1s")
+        .set("store", "checkpoint_interval", "200ms")
         .set("webhooks", "signing_secret", &secret.to_whsec())
         .raw("webhooks", "allow_private_targets = true");
     let config = cfg.write(&dir.path().join("jobwatch.toml"));
@@ -930,4 +932,154 @@ async fn a_missing_database_next_to_its_write_ahead_log_stops_the_start() {
         "{stderr}"
     );
     assert!(!db.exists(), "no empty database was created in its place");
+}
+
+// ---------------------------------------------------------------------------
+// Poll bookkeeping kept in memory (src/store/schedule.rs).
+
+/// A poll result that changes only a watch's bookkeeping is shown at once and
+/// written at the checkpoint; a state change is written at once; an outcome
+/// removes the watch from the schedule; a restart reads the schedule back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bookkeeping_is_shown_at_once_and_written_at_the_checkpoint() {
+    let (_dir, db) = temp_db();
+    let store = open_store(&db).await;
+    let t0 = now_ms();
+    store
+        .insert_watches(&new_watches(ids("book-", 2), t0))
+        .await
+        .unwrap();
+    let mut conn = raw(&db).await;
+    let file_polls =
+        |id: &'static str| format!("SELECT poll_count FROM watches WHERE job_id = '{id}'");
+
+    // First poll: the state appears, so the result is written at once.
+    let claimed = store
+        .claim_due_watches(t0 + 1000, 10, t0 + 60_000)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2);
+    assert!(
+        store
+            .claim_due_watches(t0 + 1000, 10, t0 + 60_000)
+            .await
+            .unwrap()
+            .is_empty(),
+        "claimed watches are not claimed twice"
+    );
+    let polled = |w: &jobwatch::store::WatchRecord, n: i64, next: i64| {
+        let mut r = w.clone();
+        r.state = Some("RUNNING".into());
+        r.poll_count = n;
+        r.last_poll_at = Some(next - 1000);
+        r.next_poll_at = Some(next);
+        WatchUpdate {
+            record: r,
+            event: None,
+        }
+    };
+    let first: Vec<WatchUpdate> = claimed.iter().map(|w| polled(w, 1, t0 + 2000)).collect();
+    assert_eq!(
+        store.apply_watch_updates(&first).await.unwrap(),
+        vec![true, true]
+    );
+    assert_eq!(
+        count(&mut conn, &file_polls("book-0")).await,
+        1,
+        "a state change is written at once"
+    );
+
+    // Second poll: only the bookkeeping changes. Shown at once, not yet in the file.
+    let claimed = store
+        .claim_due_watches(t0 + 2000, 10, t0 + 60_000)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2);
+    assert_eq!(claimed[0].poll_count, 1);
+    let second: Vec<WatchUpdate> = claimed.iter().map(|w| polled(w, 2, t0 + 5000)).collect();
+    assert_eq!(
+        store.apply_watch_updates(&second).await.unwrap(),
+        vec![true, true]
+    );
+    let shown = store
+        .get_watch(Kind::Copy, "book-0")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((shown.poll_count, shown.next_poll_at), (2, Some(t0 + 5000)));
+    assert_eq!(
+        count(&mut conn, &file_polls("book-0")).await,
+        1,
+        "bookkeeping waits for the checkpoint"
+    );
+    assert_eq!(store.next_wakeup().await.unwrap(), Some(t0 + 5000));
+    assert!(store
+        .claim_due_watches(t0 + 4999, 10, t0 + 60_000)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // The checkpoint writes it.
+    assert_eq!(store.checkpoint().await.unwrap(), 2);
+    assert_eq!(count(&mut conn, &file_polls("book-0")).await, 2);
+    assert_eq!(
+        store.checkpoint().await.unwrap(),
+        0,
+        "nothing left to write"
+    );
+
+    // A third poll's bookkeeping, then the watch ends: the outcome is written with
+    // its counters and the watch leaves the schedule.
+    let claimed = store
+        .claim_due_watches(t0 + 5000, 10, t0 + 60_000)
+        .await
+        .unwrap();
+    let third: Vec<WatchUpdate> = claimed.iter().map(|w| polled(w, 3, t0 + 9000)).collect();
+    store.apply_watch_updates(&third).await.unwrap();
+    let claimed = store
+        .claim_due_watches(t0 + 9000, 1, t0 + 60_000)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let mut ended = claimed[0].clone();
+    ended.state = Some("SUCCESS".into());
+    ended.poll_count = 4;
+    ended.outcome = Some(Outcome::Succeeded);
+    ended.outcome_at = Some(t0 + 9000);
+    ended.next_poll_at = None;
+    let ended_id = ended.job_id.clone();
+    assert_eq!(
+        store
+            .apply_watch_updates(&[WatchUpdate {
+                record: ended,
+                event: None
+            }])
+            .await
+            .unwrap(),
+        vec![true]
+    );
+    let polls: i64 = sqlx::query_scalar("SELECT poll_count FROM watches WHERE job_id = ?1")
+        .bind(&ended_id)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(polls, 4, "the outcome is written with its counters");
+
+    // A restart (without a checkpoint: the other watch's third poll is lost, as
+    // after kill -9) reads the schedule back from the file: one running watch.
+    drop(store);
+    let store = open_store(&db).await;
+    let running = store
+        .claim_due_watches(t0 + 60_000, 10, t0 + 120_000)
+        .await
+        .unwrap();
+    assert_eq!(running.len(), 1);
+    assert_ne!(running[0].job_id, ended_id);
+    assert_eq!(
+        running[0].poll_count, 2,
+        "the bookkeeping of the last checkpoint"
+    );
+    assert_eq!(running[0].state.as_deref(), Some("RUNNING"));
+    conn.close().await.ok();
+    store.close().await;
 }
