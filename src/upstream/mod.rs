@@ -225,9 +225,12 @@ fn short_detail(body: &[u8]) -> String {
     }
 }
 
-fn describe(e: &reqwest::Error) -> String {
+/// A failed request in words: what failed (timed out, connection, reading the
+/// answer) and the chain of causes (refused, reset, DNS), without any header or
+/// token. Used for upstream polls and webhook attempts alike.
+pub fn describe(e: &reqwest::Error) -> String {
     let kind = if e.is_timeout() {
-        "timeout"
+        "timed out"
     } else if e.is_connect() {
         "connection failed"
     } else if e.is_body() || e.is_decode() {
@@ -235,7 +238,6 @@ fn describe(e: &reqwest::Error) -> String {
     } else {
         "request failed"
     };
-    // The chain names the cause (refused, reset, DNS) without any header or token.
     let mut msg = kind.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {

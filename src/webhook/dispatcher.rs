@@ -253,7 +253,7 @@ impl Dispatcher {
                     retry_after,
                 }
             }
-            Err(e) => Sent::Failed(describe(&e)),
+            Err(e) => Sent::Failed(crate::upstream::describe(&e)),
         }
     }
 
@@ -323,22 +323,4 @@ fn jittered(d: Duration, jitter: f64) -> Duration {
         return d;
     }
     d.mul_f64(1.0 + rand::rng().random_range(-jitter..=jitter))
-}
-
-fn describe(e: &reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connection failed"
-    } else {
-        "request failed"
-    };
-    let mut msg = kind.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
 }

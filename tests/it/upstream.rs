@@ -448,7 +448,7 @@ async fn every_watch_ends_right_through_5xx_malformed_dropped_and_slow_answers()
         if w["error_count"].as_i64() > Some(0) {
             with_errors += 1;
             let last = w["last_error"].as_str().unwrap_or_else(|| panic!("{w}"));
-            let kind = if last.starts_with("timeout") {
+            let kind = if last.starts_with("timed out") {
                 "timeout"
             } else if last.contains("not a job status document") {
                 "malformed"
