@@ -94,15 +94,23 @@ pub struct Schedule {
     leased: HashMap<i64, Lease>,
     /// Bookkeeping applied here and not yet written to the file.
     unwritten: HashMap<i64, Bookkeeping>,
+    /// Running watches with a deadline, by deadline (claimed or not): the poller
+    /// asks the file for expired watches only when one is due here.
+    deadlines: BTreeSet<(Millis, i64)>,
+    deadline_of: HashMap<i64, Millis>,
 }
 
 impl Schedule {
-    /// A running watch (new, posted again, or read at start) is due at `next`;
-    /// whatever was known of it before is forgotten.
-    pub fn add(&mut self, wid: i64, next: Millis) {
+    /// A running watch (new, posted again, or read at start) is due at `next`
+    /// and ends at `deadline`; whatever was known of it before is forgotten.
+    pub fn add(&mut self, wid: i64, next: Millis, deadline: Option<Millis>) {
         self.remove(wid);
         self.due.insert((next, wid));
         self.at.insert(wid, next);
+        if let Some(d) = deadline {
+            self.deadlines.insert((d, wid));
+            self.deadline_of.insert(wid, d);
+        }
     }
 
     /// The watch ended: it is no longer scheduled, and a result still in flight for
@@ -113,6 +121,9 @@ impl Schedule {
         }
         self.leased.remove(&wid);
         self.unwritten.remove(&wid);
+        if let Some(d) = self.deadline_of.remove(&wid) {
+            self.deadlines.remove(&(d, wid));
+        }
     }
 
     /// Lease up to `limit` watches due at `now`, earliest first. Leases that ran
@@ -143,6 +154,13 @@ impl Schedule {
             }
         }
         claimed
+    }
+
+    /// A claim that could not be used (its rows could not be read): due again at `at`.
+    pub fn unclaim(&mut self, wid: i64, at: Millis) {
+        if self.leased.remove(&wid).is_some() {
+            self.reschedule(wid, Some(at));
+        }
     }
 
     /// Remember how a claimed watch looked, to tell later whether its result
@@ -223,6 +241,11 @@ impl Schedule {
         self.due.first().map(|(at, _)| *at)
     }
 
+    /// The earliest deadline of a running watch.
+    pub fn first_deadline(&self) -> Option<Millis> {
+        self.deadlines.first().map(|(at, _)| *at)
+    }
+
     /// Watches not claimed whose poll was due before `before`.
     pub fn overdue(&self, before: Millis) -> u64 {
         self.due.range(..(before, i64::MIN)).count() as u64
@@ -272,7 +295,7 @@ mod tests {
     fn claims_take_the_earliest_due_watches_once() {
         let mut s = Schedule::default();
         for (wid, next) in [(1, 300), (2, 100), (3, 200), (4, 5_000)] {
-            s.add(wid, next);
+            s.add(wid, next, None);
         }
         assert_eq!(s.claim(1_000, 2, 9_000), vec![2, 3]);
         assert_eq!(s.claim(1_000, 10, 9_000), vec![1]);
@@ -285,7 +308,7 @@ mod tests {
     #[test]
     fn a_result_that_changes_only_bookkeeping_stays_here_and_reschedules() {
         let mut s = Schedule::default();
-        s.add(1, 0);
+        s.add(1, 0, None);
         let w = watch(1);
         assert_eq!(s.claim(10, 1, 1_000), vec![1]);
         s.claimed(1, Some(&w));
@@ -322,7 +345,7 @@ mod tests {
     #[test]
     fn an_ended_or_reposted_watch_ignores_a_late_result() {
         let mut s = Schedule::default();
-        s.add(1, 0);
+        s.add(1, 0, None);
         let w = watch(1);
         s.claim(10, 1, 1_000);
         s.claimed(1, Some(&w));
@@ -330,10 +353,10 @@ mod tests {
         assert!(!s.note(&w));
         assert_eq!(s.len(), 0);
 
-        s.add(2, 0);
+        s.add(2, 0, None);
         s.claim(10, 1, 1_000);
         s.claimed(2, Some(&watch(2)));
-        s.add(2, 500); // posted again: a new generation
+        s.add(2, 500, None); // posted again: a new generation
         assert!(!s.note(&watch(2)));
         assert_eq!(s.next_due(), Some(500));
     }
@@ -341,7 +364,7 @@ mod tests {
     #[test]
     fn a_lease_that_runs_out_makes_the_watch_due_again() {
         let mut s = Schedule::default();
-        s.add(1, 0);
+        s.add(1, 0, None);
         assert_eq!(s.claim(10, 1, 100), vec![1]);
         assert_eq!(s.claim(50, 1, 200), Vec::<i64>::new());
         assert_eq!(s.claim(100, 1, 200), vec![1]);
@@ -351,7 +374,7 @@ mod tests {
     fn unwritten_bookkeeping_survives_a_failed_write_unless_replaced() {
         let mut s = Schedule::default();
         for wid in [1, 2] {
-            s.add(wid, 0);
+            s.add(wid, 0, None);
         }
         s.claim(10, 2, 1_000);
         for wid in [1, 2] {
@@ -376,10 +399,29 @@ mod tests {
     }
 
     #[test]
+    fn deadlines_are_known_until_the_watch_ends() {
+        let mut s = Schedule::default();
+        s.add(1, 0, Some(9_000));
+        s.add(2, 0, None);
+        s.add(3, 0, Some(5_000));
+        assert_eq!(s.first_deadline(), Some(5_000));
+        s.claim(10, 3, 1_000);
+        assert_eq!(
+            s.first_deadline(),
+            Some(5_000),
+            "a claimed watch keeps its deadline"
+        );
+        s.remove(3);
+        assert_eq!(s.first_deadline(), Some(9_000));
+        s.add(1, 0, None); // posted again without a deadline
+        assert_eq!(s.first_deadline(), None);
+    }
+
+    #[test]
     fn overdue_counts_unclaimed_watches_due_before_a_time() {
         let mut s = Schedule::default();
         for wid in 0..10 {
-            s.add(wid, wid * 100);
+            s.add(wid, wid * 100, None);
         }
         assert_eq!(s.overdue(450), 5);
         assert_eq!(s.overdue(0), 0);

@@ -184,13 +184,13 @@ impl SqliteStore {
 
     /// Read every running watch's next poll from the file.
     async fn load_schedule(&self) -> Result<()> {
-        let rows: Vec<(i64, Option<i64>)> =
-            sqlx::query_as("SELECT wid, next_poll_at FROM watches WHERE outcome IS NULL")
+        let rows: Vec<(i64, Option<i64>, Option<i64>)> =
+            sqlx::query_as("SELECT wid, next_poll_at, deadline FROM watches WHERE outcome IS NULL")
                 .fetch_all(&self.reader)
                 .await?;
         let mut fresh = Schedule::default();
-        for (wid, next) in rows {
-            fresh.add(wid, next.unwrap_or(0));
+        for (wid, next, deadline) in rows {
+            fresh.add(wid, next.unwrap_or(0), deadline);
         }
         *self.schedule() = fresh;
         Ok(())
@@ -677,7 +677,7 @@ impl Store for SqliteStore {
         tx.commit().await?;
         let mut schedule = self.schedule();
         for (wid, next) in &started {
-            schedule.add(*wid, *next);
+            schedule.add(*wid, *next, new.deadline);
         }
         let started = started.len() as u64;
         Ok(Ingested {
@@ -797,7 +797,7 @@ impl Store for SqliteStore {
                 // Not polled: due again at once rather than when the lease runs out.
                 let mut schedule = self.schedule();
                 for wid in wids {
-                    schedule.add(wid, now);
+                    schedule.unclaim(wid, now);
                 }
                 return Err(e.into());
             }
@@ -826,6 +826,11 @@ impl Store for SqliteStore {
     }
 
     async fn expired_watches(&self, now: Millis, limit: u32) -> Result<Vec<WatchRecord>> {
+        // The schedule knows every running watch's deadline: ask the file only
+        // when one has passed (the poller asks before every claim).
+        if self.schedule().first_deadline().is_none_or(|d| d > now) {
+            return Ok(Vec::new());
+        }
         let rows = sqlx::query(&format!(
             "SELECT {WATCH_COLS} FROM watches WHERE outcome IS NULL AND deadline IS NOT NULL AND deadline <= ?1
              ORDER BY deadline LIMIT ?2"
@@ -839,13 +844,8 @@ impl Store for SqliteStore {
 
     async fn next_wakeup(&self) -> Result<Option<Millis>> {
         // Claimed watches are being polled: their next poll is not due yet.
-        let poll = self.schedule().next_due();
-        let deadline: Option<i64> = sqlx::query_scalar(
-            "SELECT min(deadline) FROM watches WHERE outcome IS NULL AND deadline IS NOT NULL",
-        )
-        .fetch_one(&self.reader)
-        .await?;
-        Ok(match (poll, deadline) {
+        let schedule = self.schedule();
+        Ok(match (schedule.next_due(), schedule.first_deadline()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         })
