@@ -26,6 +26,12 @@ use cadence::Cadence;
 /// leases released at the next start (SQLite) or expired (shared stores).
 const LEASE: Duration = Duration::from_secs(600);
 
+/// Steps that claimed less than they could are at least this far apart: at 10,000
+/// watches one falls due every few hundred microseconds, and a step for each (a
+/// claim read, a task) cost more than the polls (BENCHMARKS.md). A poll is at most
+/// this much later than its cadence says.
+const MIN_STEP_GAP: Duration = Duration::from_millis(20);
+
 pub struct Poller {
     store: DynStore,
     client: Arc<UpstreamClient>,
@@ -53,6 +59,8 @@ pub struct Poller {
 pub struct StepReport {
     pub timed_out: usize,
     pub claimed: usize,
+    /// The claim took as many as there was room for: more may be due.
+    pub filled: bool,
 }
 
 impl Poller {
@@ -166,6 +174,7 @@ impl Poller {
             .store
             .claim_due_watches(now, free as u32, lease_until)
             .await?;
+        report.filled = claimed.len() >= free;
         for w in claimed {
             if !self.in_flight().insert(w.wid) {
                 continue;
@@ -236,7 +245,17 @@ impl Poller {
 
     /// Run steps until `shutdown`; polls already sent finish on `tasks`.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken, tasks: TaskTracker) {
+        let mut filled = false;
+        let started = tokio::time::Instant::now();
+        let mut last_step = started.checked_sub(MIN_STEP_GAP).unwrap_or(started);
         loop {
+            if !filled {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep_until(last_step + MIN_STEP_GAP) => {}
+                }
+            }
+            last_step = tokio::time::Instant::now();
             let now = now_ms();
             let report = match self.step(now, &tasks).await {
                 Ok(r) => r,
@@ -249,11 +268,12 @@ impl Poller {
                 }
             };
             let full = self.free() < self.min_claim;
+            filled = report.filled && !full;
             // Sleep until the next watch is due, new watches arrive, or capacity frees
             // up; at most a second, so deadlines fire on time.
             let wait = if full {
                 Duration::from_secs(1)
-            } else if report.claimed > 0 {
+            } else if filled {
                 Duration::ZERO
             } else {
                 match self.store.next_wakeup().await {
