@@ -389,8 +389,6 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Kind;
-    use crate::store::UpstreamFields;
     use crate::upstream::JobStatus;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
@@ -407,28 +405,7 @@ mod tests {
     }
 
     fn watch() -> WatchRecord {
-        WatchRecord {
-            wid: 1,
-            kind: Kind::Copy,
-            job_id: "j".into(),
-            generation: 1,
-            webhook_url: None,
-            metadata: None,
-            watched_at: 0,
-            deadline: None,
-            state: None,
-            upstream: UpstreamFields::default(),
-            outcome: None,
-            outcome_at: None,
-            last_poll_at: None,
-            next_poll_at: Some(0),
-            interval_ms: 2000,
-            poll_count: 0,
-            error_count: 0,
-            consecutive_errors: 0,
-            last_error: None,
-            not_found_since: None,
-        }
+        WatchRecord::sample(1)
     }
 
     fn status(state: &str, errors: serde_json::Value) -> PollAnswer {

@@ -76,6 +76,36 @@ pub struct WatchRecord {
     pub not_found_since: Option<Millis>,
 }
 
+impl WatchRecord {
+    /// A running watch `wid` (`copy` of job `j{wid}`), never polled, due at 0:
+    /// the base that unit tests change what they need of.
+    #[cfg(test)]
+    pub fn sample(wid: i64) -> WatchRecord {
+        WatchRecord {
+            wid,
+            kind: Kind::Copy,
+            job_id: format!("j{wid}"),
+            generation: 1,
+            webhook_url: None,
+            metadata: None,
+            watched_at: 0,
+            deadline: None,
+            state: None,
+            upstream: UpstreamFields::default(),
+            outcome: None,
+            outcome_at: None,
+            last_poll_at: None,
+            next_poll_at: Some(0),
+            interval_ms: 2000,
+            poll_count: 0,
+            error_count: 0,
+            consecutive_errors: 0,
+            last_error: None,
+            not_found_since: None,
+        }
+    }
+}
+
 /// A POST's worth of new watches: the ids share everything else.
 #[derive(Debug, Clone)]
 pub struct NewWatches {

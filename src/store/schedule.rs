@@ -264,30 +264,13 @@ impl Schedule {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Kind;
 
+    /// A watch polled once, RUNNING.
     fn watch(wid: i64) -> WatchRecord {
         WatchRecord {
-            wid,
-            kind: Kind::Copy,
-            job_id: format!("j{wid}"),
-            generation: 1,
-            webhook_url: None,
-            metadata: None,
-            watched_at: 0,
-            deadline: None,
             state: Some("RUNNING".into()),
-            upstream: UpstreamFields::default(),
-            outcome: None,
-            outcome_at: None,
-            last_poll_at: None,
-            next_poll_at: Some(0),
-            interval_ms: 2000,
             poll_count: 1,
-            error_count: 0,
-            consecutive_errors: 0,
-            last_error: None,
-            not_found_since: None,
+            ..WatchRecord::sample(wid)
         }
     }
 

@@ -12,20 +12,15 @@ use std::time::Duration;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite, SqlitePool};
+use sqlx::{ConnectOptions, Connection, FromRow, QueryBuilder, Row, Sqlite, SqlitePool};
 
+use super::rows::{
+    json_text, new_webhook_id, AttemptRow, DeliveryRow, WatchRow, DELIVERY_COLS, WATCH_COLS,
+};
 use super::schedule::{Bookkeeping, Schedule};
 use super::*;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
-
-const WATCH_COLS: &str = "wid, kind, job_id, generation, webhook_url, metadata, watched_at, deadline, state, \
-    upstream_created, upstream_started, upstream_ended, upstream_errors, outcome, outcome_at, last_poll_at, \
-    next_poll_at, interval_ms, poll_count, error_count, consecutive_errors, last_error, not_found_since";
-
-const DELIVERY_COLS: &str =
-    "did, eid, wid, webhook_id, target, url, status, attempts, next_attempt_at, \
-    last_status, last_error, created_at, delivered_at";
 
 pub struct SqliteStore {
     writer: SqlitePool,
@@ -374,91 +369,17 @@ async fn check_is_ours(conn: &mut sqlx::SqliteConnection, url: &str) -> Result<(
     Ok(())
 }
 
+// Rows are mapped by the shapes PostgreSQL uses too (`rows.rs`).
 fn watch_from_row(row: &SqliteRow) -> Result<WatchRecord> {
-    let kind: String = row.try_get("kind")?;
-    let outcome: Option<String> = row.try_get("outcome")?;
-    let metadata: Option<String> = row.try_get("metadata")?;
-    let errors: Option<String> = row.try_get("upstream_errors")?;
-    Ok(WatchRecord {
-        wid: row.try_get("wid")?,
-        kind: kind.parse().map_err(StoreError::Corrupt)?,
-        job_id: row.try_get("job_id")?,
-        generation: row.try_get("generation")?,
-        webhook_url: row.try_get("webhook_url")?,
-        metadata: parse_json(metadata)?,
-        watched_at: row.try_get("watched_at")?,
-        deadline: row.try_get("deadline")?,
-        state: row.try_get("state")?,
-        upstream: UpstreamFields {
-            created: row.try_get("upstream_created")?,
-            started: row.try_get("upstream_started")?,
-            ended: row.try_get("upstream_ended")?,
-            errors: parse_json(errors)?,
-        },
-        outcome: outcome
-            .map(|o| o.parse())
-            .transpose()
-            .map_err(StoreError::Corrupt)?,
-        outcome_at: row.try_get("outcome_at")?,
-        last_poll_at: row.try_get("last_poll_at")?,
-        next_poll_at: row.try_get("next_poll_at")?,
-        interval_ms: row.try_get("interval_ms")?,
-        poll_count: row.try_get("poll_count")?,
-        error_count: row.try_get("error_count")?,
-        consecutive_errors: row.try_get("consecutive_errors")?,
-        last_error: row.try_get("last_error")?,
-        not_found_since: row.try_get("not_found_since")?,
-    })
-}
-
-fn parse_json(s: Option<String>) -> Result<Option<serde_json::Value>> {
-    s.map(|s| {
-        serde_json::from_str(&s).map_err(|e| StoreError::Corrupt(format!("stored JSON: {e}")))
-    })
-    .transpose()
-}
-
-fn json_text(v: &Option<serde_json::Value>) -> Option<String> {
-    v.as_ref().map(|v| v.to_string())
+    WatchRecord::try_from(WatchRow::from_row(row)?)
 }
 
 fn delivery_from_row(row: &SqliteRow) -> Result<DeliveryRecord> {
-    let target: String = row.try_get("target")?;
-    let status: String = row.try_get("status")?;
-    Ok(DeliveryRecord {
-        did: row.try_get("did")?,
-        eid: row.try_get("eid")?,
-        wid: row.try_get("wid")?,
-        webhook_id: row.try_get("webhook_id")?,
-        target: match target.as_str() {
-            "watch" => Target::Watch,
-            "endpoint" => Target::Endpoint,
-            other => return Err(StoreError::Corrupt(format!("delivery target {other:?}"))),
-        },
-        url: row.try_get("url")?,
-        status: DeliveryStatus::parse(&status)
-            .ok_or_else(|| StoreError::Corrupt(format!("delivery status {status:?}")))?,
-        attempts: row.try_get("attempts")?,
-        next_attempt_at: row.try_get("next_attempt_at")?,
-        last_status: row.try_get("last_status")?,
-        last_error: row.try_get("last_error")?,
-        created_at: row.try_get("created_at")?,
-        delivered_at: row.try_get("delivered_at")?,
-    })
+    DeliveryRecord::try_from(DeliveryRow::from_row(row)?)
 }
 
 fn attempt_from_row(row: &SqliteRow) -> Result<AttemptRecord> {
-    Ok(AttemptRecord {
-        at: row.try_get("at")?,
-        status_code: row.try_get("status_code")?,
-        error: row.try_get("error")?,
-        duration_ms: row.try_get("duration_ms")?,
-        response: row.try_get("response")?,
-    })
-}
-
-fn new_webhook_id() -> String {
-    format!("msg_{}", ulid::Ulid::new())
+    Ok(AttemptRow::from_row(row)?.into())
 }
 
 /// Consecutive runs `[from, to)` of `keys` in which no key repeats. A batch is
