@@ -18,7 +18,7 @@ pub struct Sample {
     pub cpu_seconds: f64,
     pub rss_mib: f64,
     pub delivered: u64,
-    /// Watches more than 1 s late for their poll and not yet claimed.
+    /// Watches more than 5 s late for their poll and not yet claimed (`/v1/status`).
     pub backlog: Option<i64>,
 }
 
