@@ -57,7 +57,7 @@ impl Bookkeeping {
 
 /// What a user sees of a watch besides its bookkeeping: a result that changes any
 /// of it is written at once.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 struct Seen {
     generation: i64,
     state: Option<String>,
@@ -75,6 +75,15 @@ impl Seen {
             last_error: w.last_error.clone(),
             not_found_since: w.not_found_since,
         }
+    }
+
+    /// Does `w` look as it did (compared in place: this runs for every poll result)?
+    fn matches(&self, w: &WatchRecord) -> bool {
+        self.generation == w.generation
+            && self.state == w.state
+            && self.upstream == w.upstream
+            && self.last_error == w.last_error
+            && self.not_found_since == w.not_found_since
     }
 }
 
@@ -185,7 +194,7 @@ impl Schedule {
                 .leased
                 .get(&w.wid)
                 .and_then(|l| l.seen.as_ref())
-                .is_some_and(|seen| *seen == Seen::of(w))
+                .is_some_and(|seen| seen.matches(w))
     }
 
     /// Apply such a result here (see [`Schedule::only_bookkeeping`]). False if the
