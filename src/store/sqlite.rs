@@ -415,7 +415,7 @@ fn json_param(rows: &[serde_json::Value]) -> Result<String> {
 /// capped the poll rate (BENCHMARKS.md). `updates` has each wid at most once.
 async fn apply_watch_group(
     tx: &mut sqlx::SqliteConnection,
-    updates: &[WatchUpdate],
+    updates: &[&WatchUpdate],
     applied: &mut [bool],
 ) -> Result<()> {
     let rows: Vec<serde_json::Value> = updates
@@ -810,7 +810,7 @@ impl Store for SqliteStore {
         let mut applied = vec![false; updates.len()];
         // Results that change only the poll bookkeeping stay in the schedule (the
         // next checkpoint writes them); the rest are written now, in order.
-        let mut write = Vec::new();
+        let mut write: Vec<&WatchUpdate> = Vec::new();
         let mut written = Vec::new();
         {
             let mut schedule = self.schedule();
@@ -825,7 +825,7 @@ impl Store for SqliteStore {
                     applied[i] = schedule.note(&u.record);
                 } else {
                     queued.insert(u.record.wid);
-                    write.push(u.clone());
+                    write.push(u);
                     written.push(i);
                 }
             }
