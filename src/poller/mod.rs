@@ -59,7 +59,8 @@ pub struct Poller {
 pub struct StepReport {
     pub timed_out: usize,
     pub claimed: usize,
-    /// The claim took as many as there was room for: more may be due.
+    /// The claim took as many as there was room for, or there was no room: more
+    /// may be due, and the next step should not wait for `MIN_STEP_GAP`.
     pub filled: bool,
 }
 
@@ -167,6 +168,7 @@ impl Poller {
 
         let free = self.free();
         if free < self.min_claim {
+            report.filled = true;
             return Ok(report);
         }
         let lease_until = now + LEASE.as_millis() as Millis;
@@ -267,8 +269,11 @@ impl Poller {
                     }
                 }
             };
+            // Only a step that took everything due waits out the gap: one that was
+            // stopped by the slots steps again as soon as they free up (the gap there
+            // capped the poll rate at `high_water` per 20 ms).
+            filled = report.filled;
             let full = self.free() < self.min_claim;
-            filled = report.filled && !full;
             // Sleep until the next watch is due, new watches arrive, or capacity frees
             // up; at most a second, so deadlines fire on time.
             let wait = if full {
