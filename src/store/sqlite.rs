@@ -71,6 +71,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a write waits for the one writer connection before the request
 /// answers 503 `store_unavailable`.
 const WRITER_WAIT: Duration = Duration::from_secs(10);
+/// Watches per checkpoint transaction.
+const BOOKKEEPING_CHUNK: usize = 2_000;
 /// The WAL is truncated back to this after a checkpoint when a burst grew it.
 const JOURNAL_SIZE_LIMIT: &str = "67108864";
 
@@ -191,43 +193,40 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Write poll bookkeeping kept in memory, a transaction per 2,000 watches (other
-    /// writes wait for the one connection no longer than one of them). A
-    /// watch that ended, changed generation, or has newer bookkeeping in the file
-    /// (a result written since this was taken) keeps what the file has.
+    /// Write one chunk of poll bookkeeping kept in memory, in one transaction
+    /// (other writes wait for the one connection no longer than a chunk). A watch
+    /// that ended, changed generation, or has newer bookkeeping in the file (a
+    /// result written since this was taken) keeps what the file has.
     async fn write_bookkeeping(&self, taken: &[(i64, Bookkeeping)]) -> Result<u64> {
-        let mut written = 0;
-        for chunk in taken.chunks(2_000) {
-            let rows: Vec<serde_json::Value> = chunk
-                .iter()
-                .map(|(wid, b)| {
-                    serde_json::json!([
-                        wid,
-                        b.generation,
-                        b.last_poll_at,
-                        b.next_poll_at,
-                        b.interval_ms,
-                        b.poll_count,
-                        b.error_count,
-                        b.consecutive_errors
-                    ])
-                })
-                .collect();
-            let mut tx = self.writer.begin().await?;
-            written += sqlx::query(
-                "UPDATE watches SET last_poll_at = u.value ->> 2, next_poll_at = u.value ->> 3,
-                    interval_ms = u.value ->> 4, poll_count = u.value ->> 5,
-                    error_count = u.value ->> 6, consecutive_errors = u.value ->> 7
-                 FROM json_each(?1) AS u
-                 WHERE watches.wid = u.value ->> 0 AND watches.generation = u.value ->> 1
-                   AND watches.outcome IS NULL AND watches.poll_count <= u.value ->> 5",
-            )
-            .bind(json_param(&rows)?)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            tx.commit().await?;
-        }
+        let rows: Vec<serde_json::Value> = taken
+            .iter()
+            .map(|(wid, b)| {
+                serde_json::json!([
+                    wid,
+                    b.generation,
+                    b.last_poll_at,
+                    b.next_poll_at,
+                    b.interval_ms,
+                    b.poll_count,
+                    b.error_count,
+                    b.consecutive_errors
+                ])
+            })
+            .collect();
+        let mut tx = self.writer.begin().await?;
+        let written = sqlx::query(
+            "UPDATE watches SET last_poll_at = u.value ->> 2, next_poll_at = u.value ->> 3,
+                interval_ms = u.value ->> 4, poll_count = u.value ->> 5,
+                error_count = u.value ->> 6, consecutive_errors = u.value ->> 7
+             FROM json_each(?1) AS u
+             WHERE watches.wid = u.value ->> 0 AND watches.generation = u.value ->> 1
+               AND watches.outcome IS NULL AND watches.poll_count <= u.value ->> 5",
+        )
+        .bind(json_param(&rows)?)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
         Ok(written)
     }
 
@@ -855,18 +854,22 @@ impl Store for SqliteStore {
     }
 
     async fn checkpoint(&self) -> Result<u64> {
-        let taken = self.schedule().take_unwritten();
-        if taken.is_empty() {
-            return Ok(0);
-        }
-        let written = self.write_bookkeeping(&taken).await;
-        match written {
-            Ok(n) => Ok(n),
-            Err(e) => {
-                self.schedule().restore_unwritten(taken);
-                Err(e)
+        let mut written = 0;
+        let wids = self.schedule().unwritten_wids();
+        for chunk in wids.chunks(BOOKKEEPING_CHUNK) {
+            let taken = self.schedule().take_unwritten(chunk);
+            if taken.is_empty() {
+                continue;
+            }
+            match self.write_bookkeeping(&taken).await {
+                Ok(n) => written += n,
+                Err(e) => {
+                    self.schedule().restore_unwritten(taken);
+                    return Err(e);
+                }
             }
         }
+        Ok(written)
     }
 
     async fn claim_due_deliveries(
