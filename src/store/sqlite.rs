@@ -71,6 +71,10 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a write waits for the one writer connection before the request
 /// answers 503 `store_unavailable`.
 const WRITER_WAIT: Duration = Duration::from_secs(10);
+/// SQLite copies the WAL into the file every this many pages (1,000 by default).
+/// A page written again before the copy is copied once: at 1,000 pages the copy
+/// was about a tenth of the daemon's CPU under load (BENCHMARKS.md).
+const WAL_AUTOCHECKPOINT: &str = "10000";
 /// Watches per checkpoint transaction.
 const BOOKKEEPING_CHUNK: usize = 2_000;
 /// The WAL is truncated back to this after a checkpoint when a burst grew it.
@@ -118,6 +122,7 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .pragma("journal_size_limit", JOURNAL_SIZE_LIMIT)
+            .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT)
             .pragma("temp_store", "memory");
         // Create and migrate on one connection; the pools never create the file, so
         // a file removed later is an error, not a silent fresh start.
