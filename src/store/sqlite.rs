@@ -731,7 +731,11 @@ impl Store for SqliteStore {
             .iter()
             .map(watch_from_row)
             .collect::<Result<Vec<_>>>()?;
-        claimed.sort_by_key(|w| wids.iter().position(|x| *x == w.wid));
+        // Earliest due first, as the schedule gave them (a claim is up to a few
+        // hundred: no search of `wids` per row).
+        let order: std::collections::HashMap<i64, usize> =
+            wids.iter().enumerate().map(|(i, wid)| (*wid, i)).collect();
+        claimed.sort_by_key(|w| order.get(&w.wid).copied());
         let mut schedule = self.schedule();
         for w in &mut claimed {
             if let Some(b) = schedule.unwritten(w.wid) {
@@ -742,8 +746,9 @@ impl Store for SqliteStore {
             w.next_poll_at = Some(lease_until);
         }
         // Claimed but not running in the file any more (ended meanwhile).
-        for wid in wids {
-            if !claimed.iter().any(|w| w.wid == wid) {
+        if claimed.len() < wids.len() {
+            let read: std::collections::HashSet<i64> = claimed.iter().map(|w| w.wid).collect();
+            for wid in wids.into_iter().filter(|wid| !read.contains(wid)) {
                 schedule.claimed(wid, None);
             }
         }
