@@ -151,7 +151,7 @@ impl Daemon {
 
 /// Write the poll bookkeeping a store keeps in memory every `every`, until
 /// `shutdown` (the store's `close` writes the rest). A failed checkpoint keeps
-/// the bookkeeping for the next one, and `/readyz` says writes fail meanwhile.
+/// the bookkeeping for the next one, and `/readyz` says so meanwhile.
 async fn checkpoints(
     store: DynStore,
     every: Duration,
@@ -167,14 +167,14 @@ async fn checkpoints(
         let started = Instant::now();
         match store.checkpoint().await {
             Ok(n) => {
+                signals.checkpoint_failing.store(false, Relaxed);
                 if n > 0 {
-                    signals.write_failing.store(false, Relaxed);
                     crate::metrics::store_write("checkpoint", started.elapsed());
                     tracing::debug!(watches = n, "wrote the poll bookkeeping");
                 }
             }
             Err(e) => {
-                signals.write_failing.store(true, Relaxed);
+                signals.checkpoint_failing.store(true, Relaxed);
                 tracing::warn!(error = %e, "writing the poll bookkeeping failed; trying again at the next checkpoint");
             }
         }

@@ -42,14 +42,20 @@ async fn readyz(State(state): State<SharedState>) -> (StatusCode, Json<Value>) {
     if let Err(e) = state.store.ping().await {
         tracing::warn!(error = %e, "readiness: store does not answer");
         problems.push("the store does not answer".to_string());
-    } else if state
-        .signals
-        .write_failing
-        .load(std::sync::atomic::Ordering::Relaxed)
-    {
-        problems.push(
-            "the store does not take writes (poll results are waiting to be committed)".to_string(),
-        );
+    } else {
+        use std::sync::atomic::Ordering::Relaxed;
+        if state.signals.write_failing.load(Relaxed) {
+            problems.push(
+                "the store does not take writes (poll results are waiting to be committed)"
+                    .to_string(),
+            );
+        }
+        if state.signals.checkpoint_failing.load(Relaxed) {
+            problems.push(
+                "the store does not take the poll bookkeeping (the last checkpoint failed; it is kept in memory and tried again)"
+                    .to_string(),
+            );
+        }
     }
     if state.budget.credentials_rejected() {
         problems

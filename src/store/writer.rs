@@ -25,8 +25,13 @@ pub struct Signals {
     pub deliveries: Notify,
     /// Watches were posted or rescheduled: the poller should look.
     pub watches: Notify,
-    /// The last batched write failed and none has succeeded since: `/readyz` says so.
+    /// The last batched write failed and none has succeeded since: `/readyz` says
+    /// so. Set and cleared only by the writer.
     pub write_failing: std::sync::atomic::AtomicBool,
+    /// The last checkpoint of poll bookkeeping failed: `/readyz` says so. Set and
+    /// cleared only by the checkpoint loop (a batched write that succeeds says
+    /// nothing about checkpoints, and the other way round).
+    pub checkpoint_failing: std::sync::atomic::AtomicBool,
 }
 
 impl Signals {
@@ -36,6 +41,7 @@ impl Signals {
             deliveries: Notify::new(),
             watches: Notify::new(),
             write_failing: std::sync::atomic::AtomicBool::new(false),
+            checkpoint_failing: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
