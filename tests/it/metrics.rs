@@ -1,5 +1,6 @@
 //! Issue 6: `/metrics` counts what happened, exactly, and `/openapi.json`
-//! documents every route, body and error of the API it is served by.
+//! documents every route, body and error of the API it is served by; the logs are
+//! JSON lines when asked, and carry the request id a response echoes.
 //!
 //! The metrics recorder is process-wide and the other tests run their daemons in
 //! this process at the same time, so the counting test runs the daemon as the real
@@ -509,4 +510,80 @@ async fn the_openapi_document_lists_every_route_body_and_error_and_matches_the_a
     assert!(metrics.has("jobwatch_polls_total"));
     assert!(metrics.has("jobwatch_upstream_request_duration_seconds_bucket"));
     app.stop().await;
+}
+
+/// `log.format = "json"`: every line on stderr is a JSON object, and a request's
+/// lines carry its id, which the response echoes in `x-request-id` (the caller's,
+/// or a new ULID when it sent none). DESIGN.md and docs/operations.md promise both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_request_id_that_the_response_echoes() {
+    let sim = Sim::start(Sim::fast()).await;
+    let (dir, db) = temp_db();
+    let mut cfg = ConfigFile::new(&db, &sim.url);
+    // Debug: the per-request lines are at debug level.
+    cfg.set("log", "format", "json")
+        .set("log", "level", "debug");
+    let proc = Proc::start(&cfg.write(&dir.path().join("jobwatch.toml"))).await;
+
+    let r = proc
+        .client
+        .get(format!("{}/v1/status", proc.url))
+        .header("x-request-id", "trace-me-42")
+        .send()
+        .await
+        .expect("GET /v1/status");
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
+        Some("trace-me-42"),
+        "the caller's id is echoed"
+    );
+    let r = proc
+        .client
+        .get(format!("{}/healthz", proc.url))
+        .send()
+        .await
+        .expect("GET /healthz");
+    let made = r
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        made.parse::<ulid::Ulid>().is_ok(),
+        "a request without an id gets a ULID: {made:?}"
+    );
+
+    let mut log = String::new();
+    for _ in 0..250 {
+        log = proc.log();
+        if log.contains("trace-me-42") && log.contains(&made) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let lines: Vec<Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("a log line is not JSON ({e}): {l}"))
+        })
+        .collect();
+    assert!(!lines.is_empty(), "the daemon logged nothing");
+    for line in &lines {
+        assert!(
+            line["timestamp"].is_string() && line["level"].is_string(),
+            "every line has a time and a level: {line}"
+        );
+    }
+    let of_request = |id: &str, route: &str| {
+        lines
+            .iter()
+            .any(|l| l["span"]["request_id"] == id && l["span"]["route"] == route)
+    };
+    assert!(of_request("trace-me-42", "/v1/status"), "{log}");
+    assert!(of_request(&made, "/healthz"), "{log}");
 }
