@@ -217,6 +217,14 @@ impl Schedule {
         }
     }
 
+    /// The watch's next poll moved in the file (a restart spread the overdue
+    /// ones): due at `next`, unless it is claimed.
+    pub fn due_at(&mut self, wid: i64, next: Millis) {
+        if self.at.contains_key(&wid) {
+            self.reschedule(wid, Some(next));
+        }
+    }
+
     fn reschedule(&mut self, wid: i64, next: Option<Millis>) {
         if let Some(old) = self.at.remove(&wid) {
             self.due.remove(&(old, wid));
@@ -422,6 +430,20 @@ mod tests {
         assert_eq!(s.first_deadline(), Some(9_000));
         s.add(1, 0, None); // posted again without a deadline
         assert_eq!(s.first_deadline(), None);
+    }
+
+    #[test]
+    fn a_moved_poll_moves_unless_claimed() {
+        let mut s = Schedule::default();
+        s.add(1, 0, None);
+        s.add(2, 0, None);
+        assert_eq!(s.claim(10, 1, 1_000), vec![1]);
+        s.due_at(1, 500); // claimed: its result decides
+        s.due_at(2, 700);
+        s.due_at(3, 100); // not running: nothing to move
+        assert_eq!(s.next_due(), Some(700));
+        assert_eq!(s.len(), 2);
+        assert_eq!(s.claim(700, 10, 9_000), vec![2]);
     }
 
     #[test]

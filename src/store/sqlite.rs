@@ -783,15 +783,15 @@ impl Store for SqliteStore {
 
     async fn recover(&self, now: Millis, spread: Millis) -> Result<u64> {
         let mut tx = self.writer.begin().await?;
-        let moved = sqlx::query(
+        let moved: Vec<(i64, Millis)> = sqlx::query_as(
             "UPDATE watches SET next_poll_at = ?1 + (abs(random()) % ?2), leased_until = NULL
-             WHERE outcome IS NULL AND (next_poll_at <= ?1 OR leased_until IS NOT NULL)",
+             WHERE outcome IS NULL AND (next_poll_at <= ?1 OR leased_until IS NOT NULL)
+             RETURNING wid, next_poll_at",
         )
         .bind(now)
         .bind(spread.max(1))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        .fetch_all(&mut *tx)
+        .await?;
         sqlx::query(
             "UPDATE deliveries SET next_attempt_at = ?1, leased_until = NULL
              WHERE leased_until IS NOT NULL AND status IN ('pending', 'retrying')",
@@ -800,8 +800,12 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        self.load_schedule().await?;
-        Ok(moved)
+        // The schedule was read at `open`: move only what moved in the file.
+        let mut schedule = self.schedule();
+        for (wid, next) in &moved {
+            schedule.due_at(*wid, *next);
+        }
+        Ok(moved.len() as u64)
     }
 
     async fn count_due(&self, now: Millis) -> Result<u64> {
