@@ -239,6 +239,13 @@ impl Schedule {
         self.unwritten.get(&wid)
     }
 
+    /// `w` (read from the file) with the bookkeeping not written there yet.
+    pub fn overlay(&self, w: &mut WatchRecord) {
+        if let Some(b) = self.unwritten.get(&w.wid) {
+            b.overlay(w);
+        }
+    }
+
     /// The watches with bookkeeping not yet written, in rowid order: neighbours
     /// share pages, so a checkpoint's chunk of 2,000 dirties a few hundred pages,
     /// not 2,000 (in hash order, a checkpoint of 300,000 watches held the one

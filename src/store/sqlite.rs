@@ -237,9 +237,7 @@ impl SqliteStore {
 
     /// `w` with the poll bookkeeping that is not in the file yet.
     fn current(&self, mut w: WatchRecord) -> WatchRecord {
-        if let Some(b) = self.schedule().unwritten(w.wid) {
-            b.overlay(&mut w);
-        }
+        self.schedule().overlay(&mut w);
         w
     }
 
@@ -738,9 +736,7 @@ impl Store for SqliteStore {
         claimed.sort_by_key(|w| order.get(&w.wid).copied());
         let mut schedule = self.schedule();
         for w in &mut claimed {
-            if let Some(b) = schedule.unwritten(w.wid) {
-                b.overlay(w);
-            }
+            schedule.overlay(w);
             schedule.claimed(w.wid, Some(w));
             // As a written lease reads: the poller checks the lease's end before it sends.
             w.next_poll_at = Some(lease_until);
