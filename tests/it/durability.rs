@@ -1083,3 +1083,66 @@ async fn bookkeeping_is_shown_at_once_and_written_at_the_checkpoint() {
     conn.close().await.ok();
     store.close().await;
 }
+
+/// `/readyz` names a failing checkpoint on its own: the file refuses the
+/// bookkeeping-only updates a checkpoint makes while state changes and outcomes
+/// still commit, so the write flag stays clear and a job still ends. The next
+/// checkpoint that goes through makes the daemon ready again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_reports_a_failing_checkpoint_until_one_goes_through() {
+    let sim = Sim::start(Sim::fast()).await;
+    let (_dir, db) = temp_db();
+    let app = App::start(settings(
+        &db,
+        &sim.url,
+        &[("store.checkpoint_interval", "100ms")],
+    ))
+    .await;
+    let (s, b) = post_ids(&app, "copy", &ids("running-ck-", 3)).await;
+    assert_eq!(s, 202, "{b}");
+
+    let mut conn = raw(&db).await;
+    sqlx::query(
+        "CREATE TRIGGER refuse_bookkeeping BEFORE UPDATE ON watches
+         WHEN NEW.state IS OLD.state AND NEW.outcome IS OLD.outcome AND NEW.last_error IS OLD.last_error
+         BEGIN SELECT RAISE(ABORT, 'bookkeeping refused by the test'); END",
+    )
+    .execute(&mut conn)
+    .await
+    .expect("create the trigger");
+    let readyz = || async { app.get("/readyz").await };
+    eventually(
+        Duration::from_secs(10),
+        "/readyz names the failing checkpoint",
+        || async {
+            let (s, b) = readyz().await;
+            s == 503 && b["problems"].to_string().contains("checkpoint")
+        },
+    )
+    .await;
+    let (_, b) = readyz().await;
+    assert!(
+        !b["problems"].to_string().contains("does not take writes"),
+        "poll results still commit: {b}"
+    );
+    let (s, b) = post_ids(&app, "copy", &ids("succeed-ck-", 1)).await;
+    assert_eq!(s, 202, "{b}");
+    eventually(
+        Duration::from_secs(10),
+        "an outcome still commits while checkpoints fail",
+        || async { app.get("/v1/jobs/copy/succeed-ck-0").await.1["outcome"] == "succeeded" },
+    )
+    .await;
+
+    sqlx::query("DROP TRIGGER refuse_bookkeeping")
+        .execute(&mut conn)
+        .await
+        .expect("drop the trigger");
+    eventually(
+        Duration::from_secs(10),
+        "ready again after a checkpoint goes through",
+        || async { readyz().await.0 == 200 },
+    )
+    .await;
+    app.stop().await;
+}
