@@ -149,9 +149,9 @@ impl Daemon {
     }
 }
 
-/// Write the poll bookkeeping a store keeps in memory every `every`, until
+/// Write the poll results a store keeps in memory every `every`, until
 /// `shutdown` (the store's `close` writes the rest). A failed checkpoint keeps
-/// the bookkeeping for the next one, and `/readyz` says so meanwhile.
+/// the results for the next one, and `/readyz` says so meanwhile.
 async fn checkpoints(
     store: DynStore,
     every: Duration,
@@ -170,12 +170,12 @@ async fn checkpoints(
                 signals.checkpoint_failing.store(false, Relaxed);
                 if n > 0 {
                     crate::metrics::store_write("checkpoint", started.elapsed());
-                    tracing::debug!(watches = n, "wrote the poll bookkeeping");
+                    tracing::debug!(watches = n, "wrote the poll results kept in memory");
                 }
             }
             Err(e) => {
                 signals.checkpoint_failing.store(true, Relaxed);
-                tracing::warn!(error = %e, "writing the poll bookkeeping failed; trying again at the next checkpoint");
+                tracing::warn!(error = %e, "writing the poll results kept in memory failed; trying again at the next checkpoint");
             }
         }
     }

@@ -337,10 +337,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Apply poll results (and their events) in one transaction. Returns, per
     /// update, whether it applied (false: the watch ended or changed generation meanwhile).
-    /// A store may keep results that change only a watch's poll bookkeeping in
-    /// memory until [`Store::checkpoint`] (SQLite does: see `schedule`).
+    /// A store may keep the results of watches that keep running (bookkeeping,
+    /// state, upstream attributes) in memory until [`Store::checkpoint`], and
+    /// show them meanwhile (SQLite does: see `schedule`); outcomes are written
+    /// before this returns.
     async fn apply_watch_updates(&self, updates: &[WatchUpdate]) -> Result<Vec<bool>>;
-    /// Write poll bookkeeping kept in memory; returns how many watches it wrote.
+    /// Write the poll results kept in memory; returns how many watches it wrote.
     async fn checkpoint(&self) -> Result<u64> {
         Ok(0)
     }

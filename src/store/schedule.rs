@@ -1,17 +1,19 @@
 //! The poll schedule of a SQLite store's running watches, kept in memory.
 //!
 //! A SQLite file has one daemon, so which running watch is polled next, which are
-//! claimed, and the bookkeeping of poll results that changed nothing else (next and
-//! last poll time, interval, counters) live here; the file gets that bookkeeping at
-//! checkpoints ([`super::Store::checkpoint`]) and when the daemon stops. Writing each
-//! such result cost the daemon more CPU than the poll itself (BENCHMARKS.md). A
-//! result that changes what a user sees of the job (its state, the upstream's
-//! attributes, the error text) and every outcome are still written at once, and an
-//! outcome with its event in one transaction.
+//! claimed, and what poll results changed of a watch that keeps running (next and
+//! last poll time, interval, counters, and its state, the upstream's attributes
+//! and the error text when they change) live here; the file gets them at
+//! checkpoints ([`super::Store::checkpoint`]), sorted by rowid so that neighbours
+//! share the pages written, and when the daemon stops. Writing each such result at
+//! once cost the daemon more CPU than the poll itself, and a state change written
+//! alone about two pages of WAL (BENCHMARKS.md). Every outcome is written at once,
+//! with its event, in one transaction; reads lay what is held here over the file.
 //!
-//! After `kill -9` the file holds the bookkeeping of the last checkpoint: a watch
-//! may be polled earlier than planned after the restart and its poll count may read
-//! lower. Nothing acknowledged (a watch, an outcome, an event) depends on it.
+//! After `kill -9` the file holds what the last checkpoint wrote: a watch may be
+//! polled earlier than planned after the restart, its poll count may read lower
+//! and its state may be one it has since left, until its next poll. Nothing
+//! acknowledged (a watch, an outcome, an event) depends on it.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -55,8 +57,7 @@ impl Bookkeeping {
     }
 }
 
-/// What a user sees of a watch besides its bookkeeping: a result that changes any
-/// of it is written at once.
+/// What a user sees of a watch besides its bookkeeping.
 #[derive(Debug, Clone)]
 struct Seen {
     generation: i64,
@@ -87,6 +88,53 @@ impl Seen {
     }
 }
 
+impl Seen {
+    fn overlay(&self, w: &mut WatchRecord) {
+        if w.generation == self.generation {
+            w.state.clone_from(&self.state);
+            w.upstream.clone_from(&self.upstream);
+            w.last_error.clone_from(&self.last_error);
+            w.not_found_since = self.not_found_since;
+        }
+    }
+}
+
+/// A running watch's state (and the rest of what it shows) that changed since the
+/// file last got it, with the state the file still holds (for counts by state).
+#[derive(Debug, Clone)]
+pub struct Held {
+    seen: Seen,
+    file_state: Option<String>,
+}
+
+impl Held {
+    /// The state the file holds, and the one the watch is in.
+    pub fn states(&self) -> (&Option<String>, &Option<String>) {
+        (&self.file_state, &self.seen.state)
+    }
+
+    /// The values to write: (state, upstream attributes, last error, not found since).
+    pub fn values(
+        &self,
+    ) -> (
+        &Option<String>,
+        &UpstreamFields,
+        &Option<String>,
+        Option<Millis>,
+    ) {
+        let s = &self.seen;
+        (&s.state, &s.upstream, &s.last_error, s.not_found_since)
+    }
+}
+
+/// What the file does not have yet of one running watch.
+#[derive(Debug, Clone)]
+pub struct Unwritten {
+    pub book: Bookkeeping,
+    /// Boxed: most results change only the bookkeeping.
+    pub held: Option<Box<Held>>,
+}
+
 struct Lease {
     until: Millis,
     /// As the watch was when claimed.
@@ -101,8 +149,10 @@ pub struct Schedule {
     at: HashMap<i64, Millis>,
     /// Claimed watches, until their result is applied or the lease runs out.
     leased: HashMap<i64, Lease>,
-    /// Bookkeeping applied here and not yet written to the file.
-    unwritten: HashMap<i64, Bookkeeping>,
+    /// Results applied here and not yet written to the file.
+    unwritten: HashMap<i64, Unwritten>,
+    /// How many of them hold a changed state.
+    held: usize,
     /// Running watches with a deadline, by deadline (claimed or not): the poller
     /// asks the file for expired watches only when one is due here.
     deadlines: BTreeSet<(Millis, i64)>,
@@ -129,7 +179,7 @@ impl Schedule {
             self.due.remove(&(next, wid));
         }
         self.leased.remove(&wid);
-        self.unwritten.remove(&wid);
+        self.forget_unwritten(wid);
         if let Some(d) = self.deadline_of.remove(&wid) {
             self.deadlines.remove(&(d, wid));
         }
@@ -186,32 +236,62 @@ impl Schedule {
         }
     }
 
-    /// Is `w` (a claimed watch's next values, still running) a result that only
-    /// changes its bookkeeping?
-    pub fn only_bookkeeping(&self, w: &WatchRecord) -> bool {
+    /// Can `w` (a claimed watch's next values) be held here until a checkpoint?
+    /// Yes if the watch keeps running in the generation that was claimed.
+    pub fn holds(&self, w: &WatchRecord) -> bool {
         w.outcome.is_none()
             && self
                 .leased
                 .get(&w.wid)
                 .and_then(|l| l.seen.as_ref())
-                .is_some_and(|seen| seen.matches(w))
+                .is_some_and(|seen| seen.generation == w.generation)
     }
 
-    /// Apply such a result here (see [`Schedule::only_bookkeeping`]). False if the
-    /// watch is no longer claimed (it ended, or was posted again, meanwhile).
+    /// Apply such a result here (see [`Schedule::holds`]). False if the watch is
+    /// no longer claimed (it ended, or was posted again, meanwhile).
     pub fn note(&mut self, w: &WatchRecord) -> bool {
-        if self.leased.remove(&w.wid).is_none() {
+        let Some(lease) = self.leased.remove(&w.wid) else {
             return false;
-        }
-        self.unwritten.insert(w.wid, Bookkeeping::of(w));
+        };
+        let before = self.forget_unwritten(w.wid).and_then(|u| u.held);
+        // The claim saw the watch with what was held laid over the file.
+        let held = match lease.seen {
+            Some(seen) if !seen.matches(w) => Some(Box::new(Held {
+                file_state: before.map_or(seen.state, |b| b.file_state),
+                seen: Seen::of(w),
+            })),
+            _ => before,
+        };
+        self.keep_unwritten(
+            w.wid,
+            Unwritten {
+                book: Bookkeeping::of(w),
+                held,
+            },
+        );
         self.reschedule(w.wid, w.next_poll_at);
         true
+    }
+
+    fn keep_unwritten(&mut self, wid: i64, u: Unwritten) {
+        self.held += usize::from(u.held.is_some());
+        if let Some(old) = self.unwritten.insert(wid, u) {
+            self.held -= usize::from(old.held.is_some());
+        }
+    }
+
+    fn forget_unwritten(&mut self, wid: i64) -> Option<Unwritten> {
+        let old = self.unwritten.remove(&wid);
+        if let Some(u) = &old {
+            self.held -= usize::from(u.held.is_some());
+        }
+        old
     }
 
     /// A result of a claimed watch was written: due again at `next` (`None`:
     /// it ended). The file now holds its bookkeeping.
     pub fn written(&mut self, wid: i64, next: Option<Millis>) {
-        self.unwritten.remove(&wid);
+        self.forget_unwritten(wid);
         if self.leased.remove(&wid).is_some() || self.at.contains_key(&wid) {
             self.reschedule(wid, next);
         }
@@ -235,40 +315,71 @@ impl Schedule {
         }
     }
 
-    pub fn unwritten(&self, wid: i64) -> Option<&Bookkeeping> {
+    pub fn unwritten(&self, wid: i64) -> Option<&Unwritten> {
         self.unwritten.get(&wid)
     }
 
-    /// `w` (read from the file) with the bookkeeping not written there yet.
+    /// `w` (read from the file) with what is not written there yet.
     pub fn overlay(&self, w: &mut WatchRecord) {
-        if let Some(b) = self.unwritten.get(&w.wid) {
-            b.overlay(w);
+        if let Some(u) = self.unwritten.get(&w.wid) {
+            u.book.overlay(w);
+            if let Some(h) = &u.held {
+                h.seen.overlay(w);
+            }
         }
     }
 
-    /// The watches with bookkeeping not yet written, in rowid order: neighbours
-    /// share pages, so a checkpoint's chunk of 2,000 dirties a few hundred pages,
-    /// not 2,000 (in hash order, a checkpoint of 300,000 watches held the one
-    /// writer for 25 s).
-    pub fn unwritten_wids(&self) -> Vec<i64> {
-        let mut wids: Vec<i64> = self.unwritten.keys().copied().collect();
+    /// How many running watches hold a state the file does not have yet.
+    pub fn held(&self) -> usize {
+        self.held
+    }
+
+    /// For each watch holding a changed state: the file's state and its own.
+    pub fn held_states(&self) -> impl Iterator<Item = (&Option<String>, &Option<String>)> {
+        self.unwritten
+            .values()
+            .filter_map(|u| u.held.as_ref().map(|h| h.states()))
+    }
+
+    /// The watches with results not yet written (`held_only`: only those holding a
+    /// changed state), in rowid order: neighbours share pages, so a checkpoint's
+    /// chunk of 2,000 dirties a few hundred pages, not 2,000 (in hash order, a
+    /// checkpoint of 300,000 watches held the one writer for 25 s).
+    pub fn unwritten_wids(&self, held_only: bool) -> Vec<i64> {
+        let mut wids: Vec<i64> = self
+            .unwritten
+            .iter()
+            .filter(|(_, u)| !held_only || u.held.is_some())
+            .map(|(wid, _)| *wid)
+            .collect();
         wids.sort_unstable();
         wids
     }
 
-    /// The bookkeeping of `wids` not yet written, to write now (taken a chunk at a
-    /// time, so that a checkpoint holds one chunk's copy, not all of them).
-    pub fn take_unwritten(&mut self, wids: &[i64]) -> Vec<(i64, Bookkeeping)> {
+    /// What is not written of `wids`, to write now (taken a chunk at a time, so
+    /// that a checkpoint holds one chunk's copy, not all of them).
+    pub fn take_unwritten(&mut self, wids: &[i64]) -> Vec<(i64, Unwritten)> {
         wids.iter()
-            .filter_map(|wid| self.unwritten.remove(wid).map(|b| (*wid, b)))
+            .filter_map(|wid| self.forget_unwritten(*wid).map(|u| (*wid, u)))
             .collect()
     }
 
-    /// Writing `taken` failed: keep what was not replaced meanwhile for the next try.
-    pub fn restore_unwritten(&mut self, taken: Vec<(i64, Bookkeeping)>) {
-        for (wid, b) in taken {
-            if self.at.contains_key(&wid) || self.leased.contains_key(&wid) {
-                self.unwritten.entry(wid).or_insert(b);
+    /// Writing `taken` failed: keep it for the next try, under what was noted
+    /// meanwhile (whose bookkeeping is newer; a state it did not change is still
+    /// the one taken).
+    pub fn restore_unwritten(&mut self, taken: Vec<(i64, Unwritten)>) {
+        for (wid, u) in taken {
+            if !(self.at.contains_key(&wid) || self.leased.contains_key(&wid)) {
+                continue;
+            }
+            match self.forget_unwritten(wid) {
+                None => self.keep_unwritten(wid, u),
+                Some(mut newer) => {
+                    if newer.held.is_none() && newer.book.generation == u.book.generation {
+                        newer.held = u.held;
+                    }
+                    self.keep_unwritten(wid, newer);
+                }
             }
         }
     }
@@ -325,39 +436,83 @@ mod tests {
         assert_eq!(s.overdue(1_000), 0, "claimed watches are not overdue");
     }
 
+    /// What `s` shows of watch `wid` when the file holds `file`.
+    fn shown(s: &Schedule, file: &WatchRecord) -> WatchRecord {
+        let mut w = file.clone();
+        s.overlay(&mut w);
+        w
+    }
+
     #[test]
-    fn a_result_that_changes_only_bookkeeping_stays_here_and_reschedules() {
+    fn a_running_watch_s_results_stay_here_and_reschedule() {
         let mut s = Schedule::default();
         s.add(1, 0, None);
-        let w = watch(1);
+        let file = watch(1);
         assert_eq!(s.claim(10, 1, 1_000), vec![1]);
-        s.claimed(1, Some(&w));
-        let mut next = w.clone();
+        s.claimed(1, Some(&file));
+        let mut next = file.clone();
         next.poll_count = 2;
         next.last_poll_at = Some(10);
         next.next_poll_at = Some(2_010);
-        assert!(s.only_bookkeeping(&next));
+        assert!(s.holds(&next));
         assert!(s.note(&next));
-        assert_eq!(s.unwritten(1).map(|b| b.poll_count), Some(2));
+        assert_eq!(s.unwritten(1).map(|u| u.book.poll_count), Some(2));
+        assert!(s.unwritten(1).is_some_and(|u| u.held.is_none()));
+        assert_eq!(s.held(), 0, "only bookkeeping changed");
         assert_eq!(s.next_due(), Some(2_010));
         assert!(
             !s.note(&next),
             "a second result without a claim does not apply"
         );
 
-        let mut changed = next.clone();
+        // A state change is held too, laid over the file, and counted.
         assert_eq!(s.claim(3_000, 1, 9_000), vec![1]);
-        s.claimed(1, Some(&next));
-        changed.state = Some("SUCCESS".into());
-        assert!(!s.only_bookkeeping(&changed), "a state change is written");
-        changed.state = next.state.clone();
-        changed.last_error = Some("HTTP 502".into());
-        assert!(!s.only_bookkeeping(&changed), "a new error text is written");
-        changed.last_error = None;
-        changed.outcome = Some(crate::model::Outcome::Succeeded);
-        assert!(!s.only_bookkeeping(&changed), "an outcome is written");
+        s.claimed(1, Some(&shown(&s, &file)));
+        let mut changed = next.clone();
+        changed.state = Some("SUCCESS-ish".into());
+        changed.upstream.started = Some("t1".into());
+        changed.poll_count = 3;
+        assert!(s.holds(&changed));
+        assert!(s.note(&changed));
+        assert_eq!(s.held(), 1);
+        let now = shown(&s, &file);
+        assert_eq!(now.state.as_deref(), Some("SUCCESS-ish"));
+        assert_eq!(now.upstream.started.as_deref(), Some("t1"));
+        assert_eq!(now.poll_count, 3);
+        let states: Vec<_> = s.held_states().collect();
+        assert_eq!(
+            states,
+            vec![(&Some("RUNNING".into()), &Some("SUCCESS-ish".into()))]
+        );
+
+        // A later result that changes nothing keeps what was held; one that changes
+        // the state again still knows the file's.
+        assert_eq!(s.claim(9_000, 1, 19_000), vec![1]);
+        s.claimed(1, Some(&shown(&s, &file)));
+        let mut same = shown(&s, &file);
+        same.poll_count = 4;
+        assert!(s.note(&same));
+        assert_eq!(shown(&s, &file).state.as_deref(), Some("SUCCESS-ish"));
+        assert_eq!(s.held(), 1);
+        assert_eq!(s.claim(19_000, 1, 29_000), vec![1]);
+        s.claimed(1, Some(&shown(&s, &file)));
+        let mut again = same.clone();
+        again.state = Some("PAUSED".into());
+        assert!(s.note(&again));
+        let states: Vec<_> = s.held_states().collect();
+        assert_eq!(
+            states,
+            vec![(&Some("RUNNING".into()), &Some("PAUSED".into()))]
+        );
+
+        // An outcome is not held; once written, nothing is left here.
+        assert_eq!(s.claim(29_000, 1, 39_000), vec![1]);
+        let mut ended = again.clone();
+        ended.outcome = Some(crate::model::Outcome::Succeeded);
+        assert!(!s.holds(&ended), "an outcome is written");
         s.written(1, None);
-        assert_eq!(s.unwritten(1), None);
+        assert!(s.unwritten(1).is_none());
+        assert_eq!(s.held(), 0);
         assert_eq!(s.len(), 0);
         assert_eq!(s.next_due(), None);
     }
@@ -391,33 +546,42 @@ mod tests {
     }
 
     #[test]
-    fn unwritten_bookkeeping_survives_a_failed_write_unless_replaced() {
+    fn unwritten_results_survive_a_failed_write_unless_replaced() {
         let mut s = Schedule::default();
-        for wid in [1, 2] {
+        for wid in [1, 2, 3] {
             s.add(wid, 0, None);
         }
-        s.claim(10, 2, 1_000);
-        for wid in [1, 2] {
+        s.claim(10, 3, 1_000);
+        for wid in [1, 2, 3] {
             s.claimed(wid, Some(&watch(wid)));
             let mut w = watch(wid);
             w.poll_count = 5;
+            w.state = Some("PENDING".into());
             assert!(s.note(&w));
         }
-        let wids = s.unwritten_wids();
-        assert_eq!(wids, vec![1, 2]);
+        assert_eq!(s.held(), 3);
+        let wids = s.unwritten_wids(true);
+        assert_eq!(wids, vec![1, 2, 3]);
         let taken = s.take_unwritten(&wids);
-        assert_eq!(taken.len(), 2);
-        assert_eq!(s.unwritten(1), None);
-        // Meanwhile watch 1 was polled again, and watch 2 ended.
+        assert_eq!(taken.len(), 3);
+        assert!(s.unwritten(1).is_none());
+        assert_eq!(s.held(), 0);
+        // Meanwhile watch 1 was polled again (no change), and watch 2 ended.
         s.claim(10, 1, 1_000);
-        s.claimed(1, Some(&watch(1)));
         let mut w1 = watch(1);
+        w1.state = Some("PENDING".into());
+        s.claimed(1, Some(&w1));
         w1.poll_count = 6;
         s.note(&w1);
         s.remove(2);
         s.restore_unwritten(taken);
-        assert_eq!(s.unwritten(1).map(|b| b.poll_count), Some(6));
-        assert_eq!(s.unwritten(2), None);
+        let u1 = s.unwritten(1).expect("watch 1 still has results to write");
+        assert_eq!(u1.book.poll_count, 6, "the newer bookkeeping");
+        assert!(u1.held.is_some(), "the state that was not written");
+        assert!(s.unwritten(2).is_none());
+        assert!(s.unwritten(3).is_some_and(|u| u.held.is_some()));
+        assert_eq!(s.held(), 2);
+        assert_eq!(s.unwritten_wids(false), vec![1, 3]);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use sqlx::{ConnectOptions, Connection, FromRow, QueryBuilder, Row, Sqlite, Sqlit
 use super::rows::{
     json_text, new_webhook_id, AttemptRow, DeliveryRow, WatchRow, DELIVERY_COLS, WATCH_COLS,
 };
-use super::schedule::{Bookkeeping, Schedule};
+use super::schedule::{Schedule, Unwritten};
 use super::*;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
@@ -75,8 +75,13 @@ const WRITER_WAIT: Duration = Duration::from_secs(10);
 /// A page written again before the copy is copied once: at 1,000 pages the copy
 /// was about a tenth of the daemon's CPU under load (BENCHMARKS.md).
 const WAL_AUTOCHECKPOINT: &str = "10000";
+/// Bytes per page of a new database file (existing files keep theirs).
+const PAGE_SIZE: u32 = 4096;
 /// Watches per checkpoint transaction.
 const BOOKKEEPING_CHUNK: usize = 2_000;
+/// Running watches whose changed state may be held in memory, at least (see
+/// `apply_watch_updates`).
+const HELD_MIN: usize = 5_000;
 /// The WAL is truncated back to this after a checkpoint when a burst grew it.
 const JOURNAL_SIZE_LIMIT: &str = "67108864";
 
@@ -121,6 +126,7 @@ impl SqliteStore {
         let options = base
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
+            .page_size(PAGE_SIZE)
             .pragma("journal_size_limit", JOURNAL_SIZE_LIMIT)
             .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT)
             .pragma("temp_store", "memory");
@@ -198,44 +204,95 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Write one chunk of poll bookkeeping kept in memory, in one transaction
-    /// (other writes wait for the one connection no longer than a chunk). A watch
-    /// that ended, changed generation, or has newer bookkeeping in the file (a
-    /// result written since this was taken) keeps what the file has.
-    async fn write_bookkeeping(&self, taken: &[(i64, Bookkeeping)]) -> Result<u64> {
-        let rows: Vec<serde_json::Value> = taken
-            .iter()
-            .map(|(wid, b)| {
-                serde_json::json!([
-                    wid,
-                    b.generation,
-                    b.last_poll_at,
-                    b.next_poll_at,
-                    b.interval_ms,
-                    b.poll_count,
-                    b.error_count,
-                    b.consecutive_errors
-                ])
-            })
-            .collect();
-        let mut tx = self.writer.begin().await?;
-        let written = sqlx::query(
-            "UPDATE watches SET last_poll_at = u.value ->> 2, next_poll_at = u.value ->> 3,
+    /// Write one chunk of results kept in memory, in one transaction (other
+    /// writes wait for the one connection no longer than a chunk). A watch that
+    /// ended, changed generation, or has newer bookkeeping in the file (a result
+    /// written since this was taken) keeps what the file has.
+    async fn write_unwritten_chunk(&self, taken: &[(i64, Unwritten)]) -> Result<u64> {
+        let (mut book, mut held) = (Vec::new(), Vec::new());
+        for (wid, u) in taken {
+            let b = &u.book;
+            let mut row = vec![
+                serde_json::json!(wid),
+                b.generation.into(),
+                b.last_poll_at.into(),
+                b.next_poll_at.into(),
+                b.interval_ms.into(),
+                b.poll_count.into(),
+                b.error_count.into(),
+                b.consecutive_errors.into(),
+            ];
+            match &u.held {
+                None => book.push(serde_json::Value::Array(row)),
+                Some(h) => {
+                    let (state, upstream, last_error, not_found_since) = h.values();
+                    row.extend([
+                        state.clone().into(),
+                        upstream.created.clone().into(),
+                        upstream.started.clone().into(),
+                        upstream.ended.clone().into(),
+                        json_text(&upstream.errors).into(),
+                        last_error.clone().into(),
+                        not_found_since.into(),
+                    ]);
+                    held.push(serde_json::Value::Array(row));
+                }
+            }
+        }
+        const SET: &str = "last_poll_at = u.value ->> 2, next_poll_at = u.value ->> 3,
                 interval_ms = u.value ->> 4, poll_count = u.value ->> 5,
-                error_count = u.value ->> 6, consecutive_errors = u.value ->> 7
-             FROM json_each(?1) AS u
+                error_count = u.value ->> 6, consecutive_errors = u.value ->> 7";
+        const WHERE: &str = "FROM json_each(?1) AS u
              WHERE watches.wid = u.value ->> 0 AND watches.generation = u.value ->> 1
-               AND watches.outcome IS NULL AND watches.poll_count <= u.value ->> 5",
-        )
-        .bind(json_param(&rows)?)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+               AND watches.outcome IS NULL AND watches.poll_count <= u.value ->> 5";
+        let mut written = 0;
+        let mut tx = self.writer.begin().await?;
+        if !book.is_empty() {
+            written += sqlx::query(&format!("UPDATE watches SET {SET} {WHERE}"))
+                .bind(json_param(&book)?)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        if !held.is_empty() {
+            written += sqlx::query(&format!(
+                "UPDATE watches SET {SET}, state = u.value ->> 8, upstream_created = u.value ->> 9,
+                    upstream_started = u.value ->> 10, upstream_ended = u.value ->> 11,
+                    upstream_errors = u.value ->> 12, last_error = u.value ->> 13,
+                    not_found_since = u.value ->> 14 {WHERE}"
+            ))
+            .bind(json_param(&held)?)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
         tx.commit().await?;
         Ok(written)
     }
 
-    /// `w` with the poll bookkeeping that is not in the file yet.
+    /// Write the results kept in memory (`held_only`: only those that hold a
+    /// changed state), a chunk at a time in rowid order. Returns how many watches
+    /// it wrote.
+    async fn write_unwritten(&self, held_only: bool) -> Result<u64> {
+        let mut written = 0;
+        let wids = self.schedule().unwritten_wids(held_only);
+        for chunk in wids.chunks(BOOKKEEPING_CHUNK) {
+            let taken = self.schedule().take_unwritten(chunk);
+            if taken.is_empty() {
+                continue;
+            }
+            match self.write_unwritten_chunk(&taken).await {
+                Ok(n) => written += n,
+                Err(e) => {
+                    self.schedule().restore_unwritten(taken);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(written)
+    }
+
+    /// `w` with the poll results that are not in the file yet.
     fn current(&self, mut w: WatchRecord) -> WatchRecord {
         self.schedule().overlay(&mut w);
         w
@@ -411,58 +468,77 @@ fn json_param(rows: &[serde_json::Value]) -> Result<String> {
     serde_json::to_string(rows).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-/// Poll results as three statements whatever their number (the updates, their
-/// events, the events' deliveries), the rows travelling as one JSON array: a
-/// statement per row cost a round trip to sqlx's SQLite thread each, and that
-/// capped the poll rate (BENCHMARKS.md). `updates` has each wid at most once.
+/// Poll results as a few statements whatever their number (the updates of
+/// watches that keep running, those of watches that end, their events, the
+/// events' deliveries), the rows travelling as one JSON array: a statement per row
+/// cost a round trip to sqlx's SQLite thread each, and that capped the poll rate
+/// (BENCHMARKS.md). `updates` has each wid at most once.
 async fn apply_watch_group(
     tx: &mut sqlx::SqliteConnection,
     updates: &[&WatchUpdate],
     applied: &mut [bool],
 ) -> Result<()> {
-    let rows: Vec<serde_json::Value> = updates
-        .iter()
-        .map(|u| {
-            let r = &u.record;
-            serde_json::json!([
-                r.wid,
-                r.generation,
-                r.state,
-                r.upstream.created,
-                r.upstream.started,
-                r.upstream.ended,
-                json_text(&r.upstream.errors),
-                r.outcome.map(|o| o.as_str()),
-                r.outcome_at,
-                r.last_poll_at,
-                r.next_poll_at,
-                r.interval_ms,
-                r.poll_count,
-                r.error_count,
-                r.consecutive_errors,
-                r.last_error,
-                r.not_found_since,
-            ])
-        })
-        .collect();
-    let done: std::collections::HashSet<i64> = sqlx::query_scalar(
-        "UPDATE watches SET state = u.value ->> 2, upstream_created = u.value ->> 3,
+    let row = |r: &WatchRecord| {
+        serde_json::json!([
+            r.wid,
+            r.generation,
+            r.state,
+            r.upstream.created,
+            r.upstream.started,
+            r.upstream.ended,
+            json_text(&r.upstream.errors),
+            r.last_poll_at,
+            r.next_poll_at,
+            r.interval_ms,
+            r.poll_count,
+            r.error_count,
+            r.consecutive_errors,
+            r.last_error,
+            r.not_found_since,
+            r.outcome.map(|o| o.as_str()),
+            r.outcome_at,
+        ])
+    };
+    let (ending, running): (Vec<serde_json::Value>, Vec<serde_json::Value>) = {
+        let (e, r): (Vec<&&WatchUpdate>, Vec<_>) =
+            updates.iter().partition(|u| u.record.outcome.is_some());
+        (
+            e.iter().map(|u| row(&u.record)).collect(),
+            r.iter().map(|u| row(&u.record)).collect(),
+        )
+    };
+    // SQLite rewrites every index whose columns, or whose WHERE, name a column the
+    // UPDATE sets: setting `outcome` rewrites five of the watches' indexes, setting
+    // `state` alone one. A watch that keeps running is updated without the outcome
+    // columns: a third of the pages written per state change (BENCHMARKS.md).
+    const SET: &str = "state = u.value ->> 2, upstream_created = u.value ->> 3,
             upstream_started = u.value ->> 4, upstream_ended = u.value ->> 5,
-            upstream_errors = u.value ->> 6, outcome = u.value ->> 7, outcome_at = u.value ->> 8,
-            last_poll_at = u.value ->> 9, next_poll_at = u.value ->> 10, interval_ms = u.value ->> 11,
-            poll_count = u.value ->> 12, error_count = u.value ->> 13,
-            consecutive_errors = u.value ->> 14, last_error = u.value ->> 15,
-            not_found_since = u.value ->> 16, leased_until = NULL
-         FROM json_each(?1) AS u
+            upstream_errors = u.value ->> 6, last_poll_at = u.value ->> 7,
+            next_poll_at = u.value ->> 8, interval_ms = u.value ->> 9,
+            poll_count = u.value ->> 10, error_count = u.value ->> 11,
+            consecutive_errors = u.value ->> 12, last_error = u.value ->> 13,
+            not_found_since = u.value ->> 14, leased_until = NULL";
+    const WHERE: &str = "FROM json_each(?1) AS u
          WHERE watches.wid = u.value ->> 0 AND watches.generation = u.value ->> 1
            AND watches.outcome IS NULL
-         RETURNING watches.wid",
-    )
-    .bind(json_param(&rows)?)
-    .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .collect();
+         RETURNING watches.wid";
+    let mut done = std::collections::HashSet::new();
+    if !running.is_empty() {
+        let wids: Vec<i64> = sqlx::query_scalar(&format!("UPDATE watches SET {SET} {WHERE}"))
+            .bind(json_param(&running)?)
+            .fetch_all(&mut *tx)
+            .await?;
+        done.extend(wids);
+    }
+    if !ending.is_empty() {
+        let wids: Vec<i64> = sqlx::query_scalar(&format!(
+            "UPDATE watches SET {SET}, outcome = u.value ->> 15, outcome_at = u.value ->> 16 {WHERE}"
+        ))
+        .bind(json_param(&ending)?)
+        .fetch_all(&mut *tx)
+        .await?;
+        done.extend(wids);
+    }
     for (u, a) in updates.iter().zip(applied.iter_mut()) {
         *a = done.contains(&u.record.wid);
     }
@@ -518,6 +594,35 @@ async fn apply_watch_group(
         .execute(&mut *tx)
         .await?;
     }
+    Ok(())
+}
+
+/// A cancelled watch's last results that were kept in memory (its state, what
+/// the upstream said, its poll counters): the file has them from now on.
+async fn write_last_results(tx: &mut sqlx::SqliteConnection, w: &WatchRecord) -> Result<()> {
+    sqlx::query(
+        "UPDATE watches SET state = ?2, upstream_created = ?3, upstream_started = ?4,
+            upstream_ended = ?5, upstream_errors = ?6, last_error = ?7, not_found_since = ?8,
+            last_poll_at = ?9, interval_ms = ?10, poll_count = ?11, error_count = ?12,
+            consecutive_errors = ?13
+         WHERE wid = ?1 AND generation = ?14",
+    )
+    .bind(w.wid)
+    .bind(&w.state)
+    .bind(&w.upstream.created)
+    .bind(&w.upstream.started)
+    .bind(&w.upstream.ended)
+    .bind(json_text(&w.upstream.errors))
+    .bind(&w.last_error)
+    .bind(w.not_found_since)
+    .bind(w.last_poll_at)
+    .bind(w.interval_ms)
+    .bind(w.poll_count)
+    .bind(w.error_count)
+    .bind(w.consecutive_errors)
+    .bind(w.generation)
+    .execute(&mut *tx)
+    .await?;
     Ok(())
 }
 
@@ -634,6 +739,10 @@ impl Store for SqliteStore {
             q.push(" AND kind = ").push_bind(kind.as_str());
         }
         if let Some(state) = &filter.state {
+            // The file must know every state to select by it.
+            if self.schedule().held() > 0 {
+                self.write_unwritten(true).await?;
+            }
             q.push(" AND state = ").push_bind(state.clone());
         }
         if let Some(outcome) = filter.outcome {
@@ -675,7 +784,13 @@ impl Store for SqliteStore {
         .fetch_optional(&mut *tx)
         .await?;
         let result = match row {
-            Some(row) => Cancelled::Now(self.current(watch_from_row(&row)?)),
+            Some(row) => {
+                let w = self.current(watch_from_row(&row)?);
+                if self.schedule().unwritten(w.wid).is_some() {
+                    write_last_results(&mut tx, &w).await?;
+                }
+                Cancelled::Now(w)
+            }
             None => {
                 let row = sqlx::query(&format!(
                     "SELECT {WATCH_COLS} FROM watches WHERE kind = ?1 AND job_id = ?2"
@@ -817,8 +932,8 @@ impl Store for SqliteStore {
 
     async fn apply_watch_updates(&self, updates: &[WatchUpdate]) -> Result<Vec<bool>> {
         let mut applied = vec![false; updates.len()];
-        // Results that change only the poll bookkeeping stay in the schedule (the
-        // next checkpoint writes them); the rest are written now, in order.
+        // Results of watches that keep running stay in the schedule (the next
+        // checkpoint writes them); outcomes are written now, in order.
         let mut write: Vec<&WatchUpdate> = Vec::new();
         let mut written = Vec::new();
         {
@@ -827,9 +942,7 @@ impl Store for SqliteStore {
             for (i, u) in updates.iter().enumerate() {
                 // Once a watch has a result to write, its later ones in this batch
                 // are written too, after it.
-                if u.event.is_none()
-                    && !queued.contains(&u.record.wid)
-                    && schedule.only_bookkeeping(&u.record)
+                if u.event.is_none() && !queued.contains(&u.record.wid) && schedule.holds(&u.record)
                 {
                     applied[i] = schedule.note(&u.record);
                 } else {
@@ -838,6 +951,15 @@ impl Store for SqliteStore {
                     written.push(i);
                 }
             }
+        }
+        // Held state changes are bounded: a quarter of the running watches (at least
+        // HELD_MIN). Past that they are written now, in rowid order.
+        let too_many = {
+            let schedule = self.schedule();
+            schedule.held() > (schedule.len() / 4).max(HELD_MIN)
+        };
+        if too_many {
+            self.write_unwritten(true).await?;
         }
         if write.is_empty() {
             return Ok(applied);
@@ -864,22 +986,7 @@ impl Store for SqliteStore {
     }
 
     async fn checkpoint(&self) -> Result<u64> {
-        let mut written = 0;
-        let wids = self.schedule().unwritten_wids();
-        for chunk in wids.chunks(BOOKKEEPING_CHUNK) {
-            let taken = self.schedule().take_unwritten(chunk);
-            if taken.is_empty() {
-                continue;
-            }
-            match self.write_bookkeeping(&taken).await {
-                Ok(n) => written += n,
-                Err(e) => {
-                    self.schedule().restore_unwritten(taken);
-                    return Err(e);
-                }
-            }
-        }
-        Ok(written)
+        self.write_unwritten(false).await
     }
 
     async fn claim_due_deliveries(
@@ -1050,10 +1157,21 @@ impl Store for SqliteStore {
     }
 
     async fn counts(&self, now: Millis) -> Result<Counts> {
-        let running_by_state: Vec<(Option<String>, i64)> =
+        let in_file: Vec<(Option<String>, i64)> =
             sqlx::query_as("SELECT state, count(*) FROM watches WHERE outcome IS NULL GROUP BY state ORDER BY state")
                 .fetch_all(&self.reader)
                 .await?;
+        // With the state changes held in memory (a quarter of the watches at most).
+        let mut by_state: std::collections::BTreeMap<Option<String>, i64> =
+            in_file.into_iter().collect();
+        for (file, now) in self.schedule().held_states() {
+            if file != now {
+                *by_state.entry(file.clone()).or_default() -= 1;
+                *by_state.entry(now.clone()).or_default() += 1;
+            }
+        }
+        let running_by_state: Vec<(Option<String>, i64)> =
+            by_state.into_iter().filter(|(_, n)| *n > 0).collect();
         let ended_by_outcome: Vec<(String, i64)> =
             sqlx::query_as("SELECT outcome, count(*) FROM watches WHERE outcome IS NOT NULL GROUP BY outcome ORDER BY outcome")
                 .fetch_all(&self.reader)
@@ -1104,7 +1222,7 @@ impl Store for SqliteStore {
 
     async fn close(&self) {
         if let Err(e) = self.checkpoint().await {
-            tracing::warn!(error = %e, "could not write the poll bookkeeping at close; the file keeps that of the last checkpoint");
+            tracing::warn!(error = %e, "could not write the poll results kept in memory at close; the file keeps those of the last checkpoint");
         }
         self.writer.close().await;
         self.reader.close().await;

@@ -941,7 +941,7 @@ async fn a_missing_database_next_to_its_write_ahead_log_stops_the_start() {
 /// written at the checkpoint; a state change is written at once; an outcome
 /// removes the watch from the schedule; a restart reads the schedule back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bookkeeping_is_shown_at_once_and_written_at_the_checkpoint() {
+async fn running_results_are_shown_at_once_and_written_at_the_checkpoint() {
     let (_dir, db) = temp_db();
     let store = open_store(&db).await;
     let t0 = now_ms();
@@ -953,7 +953,7 @@ async fn bookkeeping_is_shown_at_once_and_written_at_the_checkpoint() {
     let file_polls =
         |id: &'static str| format!("SELECT poll_count FROM watches WHERE job_id = '{id}'");
 
-    // First poll: the state appears, so the result is written at once.
+    // First poll: the state appears.
     let claimed = store
         .claim_due_watches(t0 + 1000, 10, t0 + 60_000)
         .await
@@ -983,10 +983,41 @@ async fn bookkeeping_is_shown_at_once_and_written_at_the_checkpoint() {
         store.apply_watch_updates(&first).await.unwrap(),
         vec![true, true]
     );
+    // Shown at once and counted by state, but held in memory like bookkeeping...
+    let shown = store
+        .get_watch(Kind::Copy, "book-0")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (shown.state.as_deref(), shown.poll_count),
+        (Some("RUNNING"), 1)
+    );
     assert_eq!(
         count(&mut conn, &file_polls("book-0")).await,
-        1,
-        "a state change is written at once"
+        0,
+        "a state change waits for the checkpoint too"
+    );
+    let counts = store.counts(t0 + 1000).await.unwrap();
+    assert_eq!(counts.running_by_state, vec![(Some("RUNNING".into()), 2)]);
+    assert_eq!(counts.running, 2);
+    // ...until a list selects by state: it writes the held states first.
+    let running = jobwatch::store::ListFilter {
+        state: Some("RUNNING".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        store.list_watches(&running, 10, None).await.unwrap().len(),
+        2
+    );
+    assert_eq!(
+        count(
+            &mut conn,
+            "SELECT count(*) FROM watches WHERE state = 'RUNNING' AND poll_count = 1"
+        )
+        .await,
+        2,
+        "a list by state writes the states it selects by"
     );
 
     // Second poll: only the bookkeeping changes. Shown at once, not yet in the file.
@@ -1145,4 +1176,49 @@ async fn readyz_reports_a_failing_checkpoint_until_one_goes_through() {
     )
     .await;
     app.stop().await;
+}
+
+/// A watch cancelled while its last state is held in memory keeps that state in
+/// the file (and its poll counters), not the one of the last checkpoint.
+#[tokio::test]
+async fn a_cancelled_watch_keeps_the_state_it_was_last_seen_in() {
+    let (_dir, db) = temp_db();
+    let store = open_store(&db).await;
+    let t0 = now_ms();
+    store
+        .insert_watches(&new_watches(ids("gone-", 1), t0))
+        .await
+        .unwrap();
+    let claimed = store
+        .claim_due_watches(t0 + 1000, 10, t0 + 60_000)
+        .await
+        .unwrap();
+    let mut r = claimed[0].clone();
+    r.state = Some("RUNNING".into());
+    r.poll_count = 1;
+    r.next_poll_at = Some(t0 + 3000);
+    let update = WatchUpdate {
+        record: r,
+        event: None,
+    };
+    assert_eq!(
+        store.apply_watch_updates(&[update]).await.unwrap(),
+        vec![true]
+    );
+    let mut conn = raw(&db).await;
+    let in_file = "SELECT count(*) FROM watches WHERE state = 'RUNNING' AND poll_count = 1";
+    assert_eq!(count(&mut conn, in_file).await, 0, "held in memory");
+    let cancelled = store
+        .cancel_watch(Kind::Copy, "gone-0", t0 + 2000)
+        .await
+        .unwrap();
+    let jobwatch::store::Cancelled::Now(w) = cancelled else {
+        panic!("not cancelled: {cancelled:?}")
+    };
+    assert_eq!(w.state.as_deref(), Some("RUNNING"));
+    assert_eq!(
+        count(&mut conn, &format!("{in_file} AND outcome = 'cancelled'")).await,
+        1,
+        "the cancelled watch's row has its last state"
+    );
 }
