@@ -79,9 +79,11 @@ const WAL_AUTOCHECKPOINT: &str = "10000";
 const PAGE_SIZE: u32 = 4096;
 /// Watches per checkpoint transaction.
 const BOOKKEEPING_CHUNK: usize = 2_000;
-/// Running watches whose changed state may be held in memory, at least (see
+/// Running watches whose changed state may be held in memory: a quarter of them,
+/// at least HELD_MIN and at most HELD_MAX (about 450 bytes each; see
 /// `apply_watch_updates`).
 const HELD_MIN: usize = 5_000;
+const HELD_MAX: usize = 50_000;
 /// The WAL is truncated back to this after a checkpoint when a burst grew it.
 const JOURNAL_SIZE_LIMIT: &str = "67108864";
 
@@ -952,11 +954,11 @@ impl Store for SqliteStore {
                 }
             }
         }
-        // Held state changes are bounded: a quarter of the running watches (at least
-        // HELD_MIN). Past that they are written now, in rowid order.
+        // Held state changes are bounded (HELD_MIN, HELD_MAX). Past that they are
+        // written now, in rowid order.
         let too_many = {
             let schedule = self.schedule();
-            schedule.held() > (schedule.len() / 4).max(HELD_MIN)
+            schedule.held() > (schedule.len() / 4).clamp(HELD_MIN, HELD_MAX)
         };
         if too_many {
             self.write_unwritten(true).await?;
