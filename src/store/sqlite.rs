@@ -75,8 +75,6 @@ const WRITER_WAIT: Duration = Duration::from_secs(10);
 /// A page written again before the copy is copied once: at 1,000 pages the copy
 /// was about a tenth of the daemon's CPU under load (BENCHMARKS.md).
 const WAL_AUTOCHECKPOINT: &str = "10000";
-/// Bytes per page of a new database file (existing files keep theirs).
-const PAGE_SIZE: u32 = 4096;
 /// Watches per checkpoint transaction.
 const BOOKKEEPING_CHUNK: usize = 2_000;
 /// Running watches whose changed state may be held in memory: a quarter of them,
@@ -128,7 +126,6 @@ impl SqliteStore {
         let options = base
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
-            .page_size(PAGE_SIZE)
             .pragma("journal_size_limit", JOURNAL_SIZE_LIMIT)
             .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT)
             .pragma("temp_store", "memory");
@@ -960,8 +957,11 @@ impl Store for SqliteStore {
             let schedule = self.schedule();
             schedule.held() > (schedule.len() / 4).clamp(HELD_MIN, HELD_MAX)
         };
+        // A failure keeps them held (and is this batch's only if its own write fails).
         if too_many {
-            self.write_unwritten(true).await?;
+            if let Err(e) = self.write_unwritten(true).await {
+                tracing::warn!(error = %e, "could not write the state changes held in memory; keeping them");
+            }
         }
         if write.is_empty() {
             return Ok(applied);
