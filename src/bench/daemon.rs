@@ -32,6 +32,9 @@ pub struct ProcSample {
     pub rss_kib: u64,
     /// Peak resident set size so far (VmHWM).
     pub peak_rss_kib: u64,
+    /// Bytes it caused to be written to storage (`/proc/PID/io`), where the
+    /// kernel keeps that count.
+    pub write_bytes: Option<u64>,
 }
 
 /// `KEY=VALUE` of `--set` as the environment variable the daemon reads.
@@ -177,10 +180,18 @@ pub fn proc_sample(pid: u32) -> Option<ProcSample> {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .unwrap_or(0)
     };
+    let write_bytes = std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|l| l.strip_prefix("write_bytes:"))
+                .and_then(|v| v.trim().parse().ok())
+        });
     Some(ProcSample {
         cpu_seconds: (utime + stime) / clock_ticks(),
         rss_kib: kib("VmRSS:"),
         peak_rss_kib: kib("VmHWM:"),
+        write_bytes,
     })
 }
 
@@ -202,5 +213,6 @@ mod tests {
         let s = proc_sample(std::process::id()).expect("/proc of this process");
         assert!(s.rss_kib > 0 && s.peak_rss_kib >= s.rss_kib, "{s:?}");
         assert!(s.cpu_seconds >= 0.0);
+        assert!(s.write_bytes.is_some(), "no write_bytes in /proc/self/io");
     }
 }

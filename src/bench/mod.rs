@@ -347,12 +347,19 @@ async fn bench(
     ));
     let ceiling = load::Ceiling::better(ceiling, again);
 
-    let poll = PollRate::from_timeline(
+    let mut poll = PollRate::from_timeline(
         &timeline,
         polls_at_ingest_end,
         after_ingest.cpu_seconds - before.cpu_seconds,
         &ceiling,
     );
+    let polled = poll.polls.saturating_sub(polls_at_ingest_end);
+    poll.bytes_written_per_poll = match (end.write_bytes, after_ingest.write_bytes) {
+        (Some(end), Some(start)) if polled > 0 => {
+            Some(end.saturating_sub(start) as f64 / polled as f64)
+        }
+        _ => None,
+    };
     let memory = Memory {
         peak_rss_mib: mib(end.peak_rss_kib),
         rss_at_end_mib: mib(end.rss_kib),

@@ -35,6 +35,9 @@ pub struct PollRate {
     pub ratio_to_ceiling: f64,
     /// The daemon's user + system CPU per 1,000 polls, after the ingest.
     pub cpu_seconds_per_1000_polls: f64,
+    /// Bytes the daemon wrote to storage per poll, after the ingest (its WAL, its
+    /// database file; absent where the kernel does not count them).
+    pub bytes_written_per_poll: Option<f64>,
 }
 
 impl PollRate {
@@ -72,6 +75,7 @@ impl PollRate {
             } else {
                 0.0
             },
+            bytes_written_per_poll: None,
         }
     }
 }
@@ -423,6 +427,9 @@ impl Report {
             "  daemon CPU:       {:.3} s per 1,000 polls ({} polls in all); ingest took {:.2} CPU s",
             p.cpu_seconds_per_1000_polls, p.polls, self.memory.ingest_cpu_seconds
         );
+        if let Some(b) = p.bytes_written_per_poll {
+            println!("  daemon disk:      {b:.0} bytes written per poll, after the ingest");
+        }
         println!(
             "  daemon memory:    peak RSS {:.1} MiB (VmHWM), {:.1} MiB at the end",
             self.memory.peak_rss_mib, self.memory.rss_at_end_mib
