@@ -498,14 +498,13 @@ async fn apply_watch_group(
             r.outcome_at,
         ])
     };
-    let (ending, running): (Vec<serde_json::Value>, Vec<serde_json::Value>) = {
-        let (e, r): (Vec<&&WatchUpdate>, Vec<_>) =
-            updates.iter().partition(|u| u.record.outcome.is_some());
-        (
-            e.iter().map(|u| row(&u.record)).collect(),
-            r.iter().map(|u| row(&u.record)).collect(),
-        )
-    };
+    let (mut ending, mut running) = (Vec::new(), Vec::new());
+    for u in updates {
+        match u.record.outcome {
+            Some(_) => ending.push(row(&u.record)),
+            None => running.push(row(&u.record)),
+        }
+    }
     // SQLite rewrites every index whose columns, or whose WHERE, name a column the
     // UPDATE sets: setting `outcome` rewrites five of the watches' indexes, setting
     // `state` alone one. A watch that keeps running is updated without the outcome
@@ -593,35 +592,6 @@ async fn apply_watch_group(
         .execute(&mut *tx)
         .await?;
     }
-    Ok(())
-}
-
-/// A cancelled watch's last results that were kept in memory (its state, what
-/// the upstream said, its poll counters): the file has them from now on.
-async fn write_last_results(tx: &mut sqlx::SqliteConnection, w: &WatchRecord) -> Result<()> {
-    sqlx::query(
-        "UPDATE watches SET state = ?2, upstream_created = ?3, upstream_started = ?4,
-            upstream_ended = ?5, upstream_errors = ?6, last_error = ?7, not_found_since = ?8,
-            last_poll_at = ?9, interval_ms = ?10, poll_count = ?11, error_count = ?12,
-            consecutive_errors = ?13
-         WHERE wid = ?1 AND generation = ?14",
-    )
-    .bind(w.wid)
-    .bind(&w.state)
-    .bind(&w.upstream.created)
-    .bind(&w.upstream.started)
-    .bind(&w.upstream.ended)
-    .bind(json_text(&w.upstream.errors))
-    .bind(&w.last_error)
-    .bind(w.not_found_since)
-    .bind(w.last_poll_at)
-    .bind(w.interval_ms)
-    .bind(w.poll_count)
-    .bind(w.error_count)
-    .bind(w.consecutive_errors)
-    .bind(w.generation)
-    .execute(&mut *tx)
-    .await?;
     Ok(())
 }
 
@@ -774,34 +744,28 @@ impl Store for SqliteStore {
     async fn cancel_watch(&self, kind: Kind, job_id: &str, now: Millis) -> Result<Cancelled> {
         let mut tx = self.writer.begin().await?;
         let row = sqlx::query(&format!(
-            "UPDATE watches SET outcome = 'cancelled', outcome_at = ?3, next_poll_at = NULL, leased_until = NULL
-             WHERE kind = ?1 AND job_id = ?2 AND outcome IS NULL RETURNING {WATCH_COLS}"
+            "SELECT {WATCH_COLS} FROM watches WHERE kind = ?1 AND job_id = ?2"
         ))
         .bind(kind.as_str())
         .bind(job_id)
-        .bind(now)
         .fetch_optional(&mut *tx)
         .await?;
-        let result = match row {
-            Some(row) => {
-                let w = self.current(watch_from_row(&row)?);
-                if self.schedule().unwritten(w.wid).is_some() {
-                    write_last_results(&mut tx, &w).await?;
-                }
-                Cancelled::Now(w)
-            }
-            None => {
-                let row = sqlx::query(&format!(
-                    "SELECT {WATCH_COLS} FROM watches WHERE kind = ?1 AND job_id = ?2"
-                ))
-                .bind(kind.as_str())
-                .bind(job_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-                match row {
-                    Some(row) => Cancelled::AlreadyEnded(watch_from_row(&row)?),
-                    None => Cancelled::Unknown,
-                }
+        let result = match row.as_ref().map(watch_from_row).transpose()? {
+            None => Cancelled::Unknown,
+            Some(w) if w.outcome.is_some() => Cancelled::AlreadyEnded(w),
+            Some(w) => {
+                // Written as any ending is, with what polls found that the file
+                // does not have yet (its state, its counters).
+                let mut w = self.current(w);
+                w.outcome = Some(Outcome::Cancelled);
+                w.outcome_at = Some(now);
+                w.next_poll_at = None;
+                let update = WatchUpdate {
+                    record: w,
+                    event: None,
+                };
+                apply_watch_group(&mut tx, &[&update], &mut [false]).await?;
+                Cancelled::Now(update.record)
             }
         };
         tx.commit().await?;
