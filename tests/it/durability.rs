@@ -1222,3 +1222,49 @@ async fn a_cancelled_watch_keeps_the_state_it_was_last_seen_in() {
         "the cancelled watch's row has its last state"
     );
 }
+
+/// State changes held in memory are bounded: past a quarter of the running
+/// watches (at least 5,000) they are written at once, in the batch that passed
+/// the bound, so memory does not grow with every running watch.
+#[tokio::test]
+async fn held_state_changes_past_their_bound_are_written_at_once() {
+    let (_dir, db) = temp_db();
+    let store = open_store(&db).await;
+    let t0 = now_ms();
+    let n = 6_000;
+    store
+        .insert_watches(&new_watches(ids("many-", n), t0))
+        .await
+        .unwrap();
+    let claimed = store
+        .claim_due_watches(t0 + 1000, n as u32, t0 + 60_000)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), n);
+    let running = |w: &jobwatch::store::WatchRecord| {
+        let mut r = w.clone();
+        r.state = Some("RUNNING".into());
+        r.poll_count = 1;
+        r.next_poll_at = Some(t0 + 5000);
+        WatchUpdate {
+            record: r,
+            event: None,
+        }
+    };
+    let mut conn = raw(&db).await;
+    let in_file = "SELECT count(*) FROM watches WHERE state = 'RUNNING'";
+    // Up to the bound, held.
+    let first: Vec<WatchUpdate> = claimed[..5_000].iter().map(running).collect();
+    store.apply_watch_updates(&first).await.unwrap();
+    assert_eq!(count(&mut conn, in_file).await, 0, "5,000 are held");
+    // One more passes it: every held change is written.
+    let rest: Vec<WatchUpdate> = claimed[5_000..].iter().map(running).collect();
+    store.apply_watch_updates(&rest).await.unwrap();
+    assert_eq!(count(&mut conn, in_file).await, n as i64);
+    let counts = store.counts(t0 + 1000).await.unwrap();
+    assert_eq!(
+        counts.running_by_state,
+        vec![(Some("RUNNING".into()), n as i64)],
+        "counted once, from the file"
+    );
+}
