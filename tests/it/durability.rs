@@ -307,6 +307,19 @@ fn new_watches(ids: Vec<String>, now: i64) -> NewWatches {
     }
 }
 
+/// `w`'s result after a poll that found it `RUNNING`: its `n`th poll, the next at `next`.
+fn running_result(w: &jobwatch::store::WatchRecord, n: i64, next: i64) -> WatchUpdate {
+    let mut r = w.clone();
+    r.state = Some("RUNNING".into());
+    r.poll_count = n;
+    r.last_poll_at = Some(next - 1000);
+    r.next_poll_at = Some(next);
+    WatchUpdate {
+        record: r,
+        event: None,
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Concurrent writes.
 
@@ -967,18 +980,10 @@ async fn running_results_are_shown_at_once_and_written_at_the_checkpoint() {
             .is_empty(),
         "claimed watches are not claimed twice"
     );
-    let polled = |w: &jobwatch::store::WatchRecord, n: i64, next: i64| {
-        let mut r = w.clone();
-        r.state = Some("RUNNING".into());
-        r.poll_count = n;
-        r.last_poll_at = Some(next - 1000);
-        r.next_poll_at = Some(next);
-        WatchUpdate {
-            record: r,
-            event: None,
-        }
-    };
-    let first: Vec<WatchUpdate> = claimed.iter().map(|w| polled(w, 1, t0 + 2000)).collect();
+    let first: Vec<WatchUpdate> = claimed
+        .iter()
+        .map(|w| running_result(w, 1, t0 + 2000))
+        .collect();
     assert_eq!(
         store.apply_watch_updates(&first).await.unwrap(),
         vec![true, true]
@@ -1027,7 +1032,10 @@ async fn running_results_are_shown_at_once_and_written_at_the_checkpoint() {
         .unwrap();
     assert_eq!(claimed.len(), 2);
     assert_eq!(claimed[0].poll_count, 1);
-    let second: Vec<WatchUpdate> = claimed.iter().map(|w| polled(w, 2, t0 + 5000)).collect();
+    let second: Vec<WatchUpdate> = claimed
+        .iter()
+        .map(|w| running_result(w, 2, t0 + 5000))
+        .collect();
     assert_eq!(
         store.apply_watch_updates(&second).await.unwrap(),
         vec![true, true]
@@ -1065,7 +1073,10 @@ async fn running_results_are_shown_at_once_and_written_at_the_checkpoint() {
         .claim_due_watches(t0 + 5000, 10, t0 + 60_000)
         .await
         .unwrap();
-    let third: Vec<WatchUpdate> = claimed.iter().map(|w| polled(w, 3, t0 + 9000)).collect();
+    let third: Vec<WatchUpdate> = claimed
+        .iter()
+        .map(|w| running_result(w, 3, t0 + 9000))
+        .collect();
     store.apply_watch_updates(&third).await.unwrap();
     let claimed = store
         .claim_due_watches(t0 + 9000, 1, t0 + 60_000)
@@ -1193,14 +1204,7 @@ async fn a_cancelled_watch_keeps_the_state_it_was_last_seen_in() {
         .claim_due_watches(t0 + 1000, 10, t0 + 60_000)
         .await
         .unwrap();
-    let mut r = claimed[0].clone();
-    r.state = Some("RUNNING".into());
-    r.poll_count = 1;
-    r.next_poll_at = Some(t0 + 3000);
-    let update = WatchUpdate {
-        record: r,
-        event: None,
-    };
+    let update = running_result(&claimed[0], 1, t0 + 3000);
     assert_eq!(
         store.apply_watch_updates(&[update]).await.unwrap(),
         vec![true]
@@ -1241,16 +1245,7 @@ async fn held_state_changes_past_their_bound_are_written_at_once() {
         .await
         .unwrap();
     assert_eq!(claimed.len(), n);
-    let running = |w: &jobwatch::store::WatchRecord| {
-        let mut r = w.clone();
-        r.state = Some("RUNNING".into());
-        r.poll_count = 1;
-        r.next_poll_at = Some(t0 + 5000);
-        WatchUpdate {
-            record: r,
-            event: None,
-        }
-    };
+    let running = |w| running_result(w, 1, t0 + 5000);
     let mut conn = raw(&db).await;
     let in_file = "SELECT count(*) FROM watches WHERE state = 'RUNNING'";
     // Up to the bound, held.
