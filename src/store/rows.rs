@@ -8,11 +8,21 @@ pub const WATCH_COLS: &str = "wid, kind, job_id, generation, webhook_url, metada
     upstream_created, upstream_started, upstream_ended, upstream_errors, outcome, outcome_at, last_poll_at, \
     next_poll_at, interval_ms, poll_count, error_count, consecutive_errors, last_error, not_found_since";
 
+/// The rows of a query as one JSON array of arrays (`SELECT {WATCHES_AS_JSON} FROM
+/// watches WHERE ...`): one value to hand over from sqlx's SQLite thread instead
+/// of a row (and a copy of each column) per watch. The claim reads this way.
+pub const WATCHES_AS_JSON: &str = "json_group_array(json_array(wid, kind, job_id, generation, webhook_url, \
+    metadata, watched_at, deadline, state, upstream_created, upstream_started, upstream_ended, \
+    upstream_errors, outcome, outcome_at, last_poll_at, next_poll_at, interval_ms, poll_count, \
+    error_count, consecutive_errors, last_error, not_found_since))";
+
 pub const DELIVERY_COLS: &str =
     "did, eid, wid, webhook_id, target, url, status, attempts, next_attempt_at, \
     last_status, last_error, created_at, delivered_at";
 
-#[derive(sqlx::FromRow)]
+/// Also read from a JSON array in `WATCH_COLS` order (serde takes a struct from a
+/// sequence, field by field): see [`WATCHES_AS_JSON`].
+#[derive(sqlx::FromRow, serde::Deserialize)]
 pub struct WatchRow {
     wid: i64,
     kind: String,
@@ -138,6 +148,13 @@ impl From<AttemptRow> for AttemptRecord {
             response: r.response,
         }
     }
+}
+
+/// The watches of a [`WATCHES_AS_JSON`] value.
+pub fn watches_from_json(json: &str) -> Result<Vec<WatchRecord>> {
+    let rows: Vec<WatchRow> = serde_json::from_str(json)
+        .map_err(|e| StoreError::Corrupt(format!("watch rows as JSON: {e}")))?;
+    watches(rows)
 }
 
 pub fn watches(rows: Vec<WatchRow>) -> Result<Vec<WatchRecord>> {

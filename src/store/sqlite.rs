@@ -15,7 +15,8 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Connection, FromRow, QueryBuilder, Row, Sqlite, SqlitePool};
 
 use super::rows::{
-    json_text, new_webhook_id, AttemptRow, DeliveryRow, WatchRow, DELIVERY_COLS, WATCH_COLS,
+    json_text, new_webhook_id, AttemptRow, DeliveryRow, WatchRow, DELIVERY_COLS, WATCHES_AS_JSON,
+    WATCH_COLS,
 };
 use super::schedule::{Schedule, Unwritten};
 use super::*;
@@ -145,6 +146,10 @@ impl SqliteStore {
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
+            // No ping before each use: a local file's connection does not die like
+            // a socket's, and the ping after each use (below) already catches a
+            // failed transaction. Each ping is a round trip to sqlx's SQLite thread.
+            .test_before_acquire(false)
             .acquire_timeout(WRITER_WAIT)
             .before_acquire(guard.clone().hook())
             // A COMMIT that fails (a full disk) leaves sqlx's transaction depth out of
@@ -169,6 +174,10 @@ impl SqliteStore {
             .map_err(|e| unusable(url, e))?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
+            // No ping before each use (a round trip to sqlx's SQLite thread per
+            // claim): a local file's connection does not die like a socket's, and
+            // the file guard checks the file itself.
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(30))
             .before_acquire(guard.hook())
             .connect_with(options.read_only(true))
@@ -785,15 +794,15 @@ impl Store for SqliteStore {
         if wids.is_empty() {
             return Ok(Vec::new());
         }
-        let rows = sqlx::query(&format!(
-            "SELECT {WATCH_COLS} FROM watches
+        let json: std::result::Result<String, _> = sqlx::query_scalar(&format!(
+            "SELECT {WATCHES_AS_JSON} FROM watches
              WHERE wid IN (SELECT value FROM json_each(?1)) AND outcome IS NULL"
         ))
         .bind(serde_json::to_string(&wids).map_err(|e| StoreError::Corrupt(e.to_string()))?)
-        .fetch_all(&self.reader)
+        .fetch_one(&self.reader)
         .await;
-        let rows = match rows {
-            Ok(rows) => rows,
+        let json = match json {
+            Ok(json) => json,
             Err(e) => {
                 // Not polled: due again at once rather than when the lease runs out.
                 let mut schedule = self.schedule();
@@ -803,10 +812,7 @@ impl Store for SqliteStore {
                 return Err(e.into());
             }
         };
-        let mut claimed = rows
-            .iter()
-            .map(watch_from_row)
-            .collect::<Result<Vec<_>>>()?;
+        let mut claimed = rows::watches_from_json(&json)?;
         // Earliest due first, as the schedule gave them (a claim is up to a few
         // hundred: no search of `wids` per row).
         let order: std::collections::HashMap<i64, usize> =
