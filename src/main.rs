@@ -94,8 +94,18 @@ fn main() -> ExitCode {
             Command::Simulate(args) => return simulate(args).await.map(|()| 0),
             Command::Demo(args) => return cli::demo::demo(args).await,
             Command::Bench(args) => return jobwatch::bench::run(args).await,
-            Command::CeilingClient { url, concurrency, seconds } => {
-                let c = jobwatch::bench::load::ceiling(&url, concurrency, std::time::Duration::from_secs(1), std::time::Duration::from_secs(seconds)).await?;
+            Command::CeilingClient {
+                url,
+                concurrency,
+                seconds,
+            } => {
+                let c = jobwatch::bench::load::ceiling(
+                    &url,
+                    concurrency,
+                    std::time::Duration::from_secs(1),
+                    std::time::Duration::from_secs(seconds),
+                )
+                .await?;
                 println!("{}", c.per_second);
                 return Ok(0);
             }

@@ -11,7 +11,8 @@ pub const WATCH_COLS: &str = "wid, kind, job_id, generation, webhook_url, metada
 /// The rows of a query as one JSON array of arrays (`SELECT {WATCHES_AS_JSON} FROM
 /// watches WHERE ...`): one value to hand over from sqlx's SQLite thread instead
 /// of a row (and a copy of each column) per watch. The claim reads this way.
-pub const WATCHES_AS_JSON: &str = "json_group_array(json_array(wid, kind, job_id, generation, webhook_url, \
+pub const WATCHES_AS_JSON: &str =
+    "json_group_array(json_array(wid, kind, job_id, generation, webhook_url, \
     metadata, watched_at, deadline, state, upstream_created, upstream_started, upstream_ended, \
     upstream_errors, outcome, outcome_at, last_poll_at, next_poll_at, interval_ms, poll_count, \
     error_count, consecutive_errors, last_error, not_found_since))";
