@@ -55,14 +55,6 @@ enum Command {
     /// Measure jobwatch against this machine's limits: the simulator, the daemon as a
     /// separate process and a webhook receiver; see BENCHMARKS.md.
     Bench(jobwatch::bench::BenchArgs),
-    #[command(hide = true)]
-    CeilingClient {
-        url: String,
-        #[arg(long, default_value_t = 64)]
-        concurrency: usize,
-        #[arg(long, default_value_t = 5)]
-        seconds: u64,
-    },
 }
 
 fn main() -> ExitCode {
@@ -94,21 +86,6 @@ fn main() -> ExitCode {
             Command::Simulate(args) => return simulate(args).await.map(|()| 0),
             Command::Demo(args) => return cli::demo::demo(args).await,
             Command::Bench(args) => return jobwatch::bench::run(args).await,
-            Command::CeilingClient {
-                url,
-                concurrency,
-                seconds,
-            } => {
-                let c = jobwatch::bench::load::ceiling(
-                    &url,
-                    concurrency,
-                    std::time::Duration::from_secs(1),
-                    std::time::Duration::from_secs(seconds),
-                )
-                .await?;
-                println!("{}", c.per_second);
-                return Ok(0);
-            }
             Command::Watch(args) => cli::watch(args).await,
             Command::Wait(args) => cli::wait(args).await,
             Command::Status(args) => cli::status(args).await,

@@ -9,7 +9,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
+use http::Uri;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -111,17 +117,19 @@ impl Ceiling {
 const CEILING_IDS: usize = 10_000;
 
 /// Hammer the simulator's status endpoint from `concurrency` loops for `warmup` (not
-/// counted) and then `measure`.
+/// counted) and then `measure`, on the HTTP stack the daemon polls with (hyper's
+/// pooled client, as many idle connections as loops).
 pub async fn ceiling(
     sim: &str,
     concurrency: usize,
     warmup: Duration,
     measure: Duration,
 ) -> anyhow::Result<Ceiling> {
-    let http = reqwest::Client::builder()
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let http: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(concurrency)
-        .timeout(Duration::from_secs(30))
-        .build()?;
+        .build(connector);
     let counted = Arc::new(AtomicU64::new(0));
     let counting = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
@@ -138,9 +146,13 @@ pub async fn ceiling(
             let mut k = worker * 7919;
             while !stop.load(Ordering::Relaxed) {
                 k = (k + 1) % CEILING_IDS;
-                let url = format!("{sim}/products/ceil-{k:07}/search/copy/status");
-                let ok = match http.get(url).send().await {
-                    Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                let Ok(uri) =
+                    format!("{sim}/products/ceil-{k:07}/search/copy/status").parse::<Uri>()
+                else {
+                    return;
+                };
+                let ok = match http.get(uri).await {
+                    Ok(r) => r.status().is_success() && r.into_body().collect().await.is_ok(),
                     Err(_) => false,
                 };
                 if ok && counting.load(Ordering::Relaxed) {

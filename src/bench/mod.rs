@@ -10,7 +10,7 @@
 //! the figures and the commands that gave them.
 
 mod daemon;
-pub mod load;
+mod load;
 mod receiver;
 mod report;
 

@@ -7,9 +7,14 @@ pub mod retry_after;
 
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-use reqwest::header::{self, HeaderMap, HeaderValue};
-use reqwest::StatusCode;
 use serde::Deserialize;
 
 use crate::config::{Secret, UpstreamSettings};
@@ -83,16 +88,33 @@ pub enum PollAnswer {
     Transient { error: String },
 }
 
+/// The connection the poller's requests go out on: TLS (rustls, the webpki roots)
+/// for an `https` upstream, HTTP/2 where the upstream offers it.
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// Redirects followed per poll (a moved base URL); the token goes only to the
+/// base URL's own origin.
+const MAX_REDIRECTS: usize = 3;
+
+/// A status document is a few hundred bytes: an answer larger than this is not one.
+const MAX_BODY: usize = 1024 * 1024;
+
+/// Status requests on hyper's pooled client. reqwest, used before, cost the daemon
+/// twice the CPU per request of this client (its URL, header, proxy and timeout
+/// layers on top of the same pool; BENCHMARKS.md), and polls are most of the daemon.
 pub struct UpstreamClient {
-    http: reqwest::Client,
-    /// Parsed once: a status URL is this with its path set (a full parse of each
-    /// URL, host and all, was a twentieth of the daemon's CPU per poll).
-    base: url::Url,
+    http: Client<Connector, Empty<Bytes>>,
+    /// The headers of every request; the token only while on the base URL's origin.
+    headers: HeaderMap,
+    token: Option<HeaderValue>,
+    /// `scheme://authority` of the base URL, and its path without the trailing `/`.
+    origin: String,
     base_path: String,
+    request_timeout: Duration,
 }
 
 impl UpstreamClient {
-    pub fn new(settings: &UpstreamSettings) -> Result<UpstreamClient, reqwest::Error> {
+    pub fn new(settings: &UpstreamSettings) -> anyhow::Result<UpstreamClient> {
         let mut headers = HeaderMap::new();
         headers.insert(
             header::ACCEPT,
@@ -102,61 +124,137 @@ impl UpstreamClient {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/vnd.api+json"),
         );
-        if let Some(token) = &settings.token {
-            headers.insert(header::AUTHORIZATION, bearer(token));
-        }
-        let http = reqwest::Client::builder()
-            .default_headers(headers)
-            .user_agent(settings.user_agent.clone())
-            .connect_timeout(settings.connect_timeout)
-            .timeout(settings.request_timeout)
+        headers.insert(
+            header::USER_AGENT,
+            HeaderValue::from_str(&settings.user_agent)
+                .map_err(|e| anyhow::anyhow!("upstream.user_agent is not a header value: {e}"))?,
+        );
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(settings.connect_timeout));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let http = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(settings.max_in_flight)
-            .redirect(reqwest::redirect::Policy::limited(3))
-            .build()?;
+            .build(connector);
+        let base = &settings.base_url;
         Ok(UpstreamClient {
             http,
-            base: settings.base_url.clone(),
-            base_path: settings.base_url.path().trim_end_matches('/').to_string(),
+            headers,
+            token: settings.token.as_ref().map(bearer),
+            origin: base[..url::Position::BeforePath].to_string(),
+            base_path: base.path().trim_end_matches('/').to_string(),
+            request_timeout: settings.request_timeout,
         })
     }
 
-    pub fn status_url(&self, kind: Kind, id: &str) -> url::Url {
-        let mut url = self.base.clone();
-        url.set_path(&format!(
-            "{}/products/{}/search/{}/status",
+    pub fn status_url(&self, kind: Kind, id: &str) -> String {
+        format!(
+            "{}{}/products/{}/search/{}/status",
+            self.origin,
             self.base_path,
             utf8_percent_encode(id, SEGMENT),
             kind.as_str()
-        ));
-        url
+        )
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(kind = %kind, id = %id))]
     pub async fn poll(&self, kind: Kind, id: &str) -> PollAnswer {
-        let response = match self.http.get(self.status_url(kind, id)).send().await {
-            Ok(r) => r,
-            Err(e) => {
-                return PollAnswer::Transient {
-                    error: describe(&e),
-                }
-            }
-        };
-        let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| retry_after::parse(v, SystemTime::now()));
-        let body = match response.bytes().await {
-            Ok(b) => b,
-            Err(e) => {
-                return PollAnswer::Transient {
-                    error: describe(&e),
-                }
-            }
-        };
-        classify(status, retry_after, &body)
+        let url = self.status_url(kind, id);
+        match tokio::time::timeout(self.request_timeout, self.get(url)).await {
+            Ok(Ok((status, retry_after, body))) => classify(status, retry_after, &body),
+            Ok(Err(error)) => PollAnswer::Transient { error },
+            Err(_) => PollAnswer::Transient {
+                error: format!(
+                    "timed out: no whole answer within {} ms",
+                    self.request_timeout.as_millis()
+                ),
+            },
+        }
     }
+
+    /// GET `url`, following up to [`MAX_REDIRECTS`] redirects: the status, the
+    /// Retry-After, the body; or what failed, in words.
+    async fn get(&self, url: String) -> Result<(StatusCode, Option<Duration>, Bytes), String> {
+        let mut uri: Uri = url
+            .parse()
+            .map_err(|e| format!("request failed: the status URL {url:?} is not a URI: {e}"))?;
+        let mut redirects = 0;
+        // The token goes to the base URL's origin only (a redirect elsewhere gets none).
+        let mut on_origin = true;
+        loop {
+            let mut request = Request::get(uri.clone())
+                .body(Empty::new())
+                .map_err(|e| format!("request failed: {e}"))?;
+            *request.headers_mut() = self.headers.clone();
+            if let (Some(token), true) = (&self.token, on_origin) {
+                request
+                    .headers_mut()
+                    .insert(header::AUTHORIZATION, token.clone());
+            }
+            let response = self.http.request(request).await.map_err(|e| {
+                let kind = if e.is_connect() {
+                    "connection failed"
+                } else {
+                    "request failed"
+                };
+                causes(kind, &e)
+            })?;
+            let status = response.status();
+            if status.is_redirection() && redirects < MAX_REDIRECTS {
+                if let Some(next) = redirect_target(&uri, response.headers()) {
+                    redirects += 1;
+                    on_origin &= origin(&next).as_deref() == Some(self.origin.as_str());
+                    uri = next;
+                    continue;
+                }
+            }
+            let retry_after = response
+                .headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| retry_after::parse(v, SystemTime::now()));
+            let body = Limited::new(response.into_body(), MAX_BODY)
+                .collect()
+                .await
+                .map_err(|e| causes("reading the answer failed", &*e))?
+                .to_bytes();
+            return Ok((status, retry_after, body));
+        }
+    }
+}
+
+/// Where a redirect answer points, resolved against the URI that got it.
+fn redirect_target(from: &Uri, headers: &HeaderMap) -> Option<Uri> {
+    let location = headers.get(header::LOCATION)?.to_str().ok()?;
+    let base = url::Url::parse(&from.to_string()).ok()?;
+    base.join(location).ok()?.as_str().parse().ok()
+}
+
+/// `scheme://authority` of `uri`, as the base URL's origin is kept.
+fn origin(uri: &Uri) -> Option<String> {
+    Some(format!("{}://{}", uri.scheme_str()?, uri.authority()?))
+}
+
+/// `kind` and the chain of causes (refused, reset, DNS), without any header or token.
+fn causes(kind: &str, e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = kind.to_string();
+    let mut source = e.source();
+    if source.is_none() {
+        msg.push_str(": ");
+        msg.push_str(&e.to_string());
+    }
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
 }
 
 fn bearer(token: &Secret) -> HeaderValue {
@@ -261,12 +359,105 @@ mod tests {
         .unwrap();
         let c = UpstreamClient::new(&settings.upstream).unwrap();
         assert_eq!(
-            c.status_url(Kind::Copy, "myorg:my-product").as_str(),
+            c.status_url(Kind::Copy, "myorg:my-product"),
             "http://h/vector/v2/products/myorg%3Amy-product/search/copy/status"
         );
         assert_eq!(
-            c.status_url(Kind::Delete, "a.b_c").as_str(),
+            c.status_url(Kind::Delete, "a.b_c"),
             "http://h/vector/v2/products/a.b_c/search/delete/status"
+        );
+    }
+
+    /// A local HTTP server answering every request with `answer(path, has_token)`.
+    async fn server(
+        answer: fn(&str, bool, &str) -> axum::response::Response,
+        other: &'static str,
+    ) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let app = axum::Router::new().fallback(move |req: axum::extract::Request| async move {
+            let token = req.headers().contains_key(header::AUTHORIZATION);
+            answer(req.uri().path(), token, other)
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
+    fn client(base: &str) -> UpstreamClient {
+        let settings = crate::config::Settings::load_with(
+            None,
+            &[("upstream.base_url", base), ("upstream.token", "t0ken")],
+        )
+        .unwrap();
+        UpstreamClient::new(&settings.upstream).unwrap()
+    }
+
+    fn state_doc(state: &str) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        format!(r#"{{"data":{{"attributes":{{"state":"{state}"}}}}}}"#).into_response()
+    }
+
+    fn redirect(to: String) -> axum::response::Response {
+        axum::response::Response::builder()
+            .status(307)
+            .header(header::LOCATION, to)
+            .body(axum::body::Body::empty())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn redirects_are_followed_and_the_token_stays_on_its_origin() {
+        // The other origin says whether it got the token.
+        let elsewhere = server(
+            |_, token, _| state_doc(if token { "LEAKED" } else { "NO_TOKEN" }),
+            "",
+        )
+        .await;
+        let other: &'static str = Box::leak(elsewhere.into_boxed_str());
+        let base = server(
+            |path, token, other| match path {
+                p if p.starts_with("/moved/") => {
+                    state_doc(if token { "TOKEN" } else { "NO_TOKEN" })
+                }
+                p if p.contains("/away/") => redirect(format!("{other}/x")),
+                p => redirect(format!("/moved{p}")),
+            },
+            other,
+        )
+        .await;
+        let c = client(&base);
+        let state = |a: PollAnswer| match a {
+            PollAnswer::Status(s) => s.state.unwrap_or_default(),
+            other => panic!("not a status: {other:?}"),
+        };
+        assert_eq!(state(c.poll(Kind::Copy, "j1").await), "TOKEN");
+        assert_eq!(state(c.poll(Kind::Copy, "away").await), "NO_TOKEN");
+    }
+
+    #[tokio::test]
+    async fn an_answer_too_large_for_a_status_document_is_an_error() {
+        let base = server(
+            |_, _, _| {
+                use axum::response::IntoResponse;
+                vec![b' '; MAX_BODY + 1].into_response()
+            },
+            "",
+        )
+        .await;
+        match client(&base).poll(Kind::Copy, "big").await {
+            PollAnswer::Transient { error } => {
+                assert!(error.starts_with("reading the answer failed"), "{error}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_https_upstream_gets_a_tls_client() {
+        let c = client("https://upstream.example/vector/v2");
+        assert_eq!(
+            c.status_url(Kind::Copy, "x"),
+            "https://upstream.example/vector/v2/products/x/search/copy/status"
         );
     }
 
