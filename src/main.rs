@@ -55,6 +55,9 @@ enum Command {
     /// Measure jobwatch against this machine's limits: the simulator, the daemon as a
     /// separate process and a webhook receiver; see BENCHMARKS.md.
     Bench(jobwatch::bench::BenchArgs),
+    /// The bench's minimal client in a process of its own (started by `bench`).
+    #[command(hide = true)]
+    BenchCeiling(jobwatch::bench::load::CeilingArgs),
 }
 
 fn main() -> ExitCode {
@@ -86,6 +89,9 @@ fn main() -> ExitCode {
             Command::Simulate(args) => return simulate(args).await.map(|()| 0),
             Command::Demo(args) => return cli::demo::demo(args).await,
             Command::Bench(args) => return jobwatch::bench::run(args).await,
+            Command::BenchCeiling(args) => {
+                return jobwatch::bench::load::ceiling_client(args).await
+            }
             Command::Watch(args) => cli::watch(args).await,
             Command::Wait(args) => cli::wait(args).await,
             Command::Status(args) => cli::status(args).await,

@@ -4,6 +4,8 @@
 //! parsed, nothing stored. Its rate is what this machine can do, and the daemon's
 //! poll rate is judged against it.
 
+use std::path::Path;
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,8 +18,10 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+
+use super::daemon::proc_sample;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Ingest {
@@ -94,7 +98,7 @@ pub async fn ingest(
     })
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Ceiling {
     pub concurrency: usize,
     pub seconds: f64,
@@ -102,6 +106,10 @@ pub struct Ceiling {
     pub per_second: f64,
     /// Every measurement's rate (before and after the main run); `per_second` is the best.
     pub measured: Vec<f64>,
+    /// CPU (user + system) of the process the client ran in, per request, in
+    /// microseconds: the client's own in a process of its own; the client's and
+    /// the simulator's together in the bench's process.
+    pub process_cpu_us_per_request: Option<f64>,
 }
 
 impl Ceiling {
@@ -111,6 +119,77 @@ impl Ceiling {
         let best = if b.per_second > a.per_second { b } else { a };
         Ceiling { measured, ..best }
     }
+}
+
+/// The hidden `jobwatch bench-ceiling`: the ceiling client in a process of its
+/// own, started by the bench, which reads the [`Ceiling`] it prints as JSON.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CeilingArgs {
+    /// The simulator's base URL.
+    #[arg(long)]
+    pub url: String,
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Requests sent before the count starts (connections opened, caches warm).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
+    pub warmup: Duration,
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
+    pub measure: Duration,
+}
+
+/// `jobwatch bench-ceiling`: measure, print the result as one JSON line.
+pub async fn ceiling_client(args: CeilingArgs) -> anyhow::Result<u8> {
+    let c = ceiling(&args.url, args.concurrency, args.warmup, args.measure).await?;
+    println!("{}", serde_json::to_string(&c)?);
+    Ok(0)
+}
+
+/// The ceiling as the daemon's run is laid out: the minimal client in a process of
+/// its own (`exe bench-ceiling`), the simulator in this one, so that both pay the
+/// same for the hand-over between processes and the client's own CPU per request
+/// can be read off `/proc` (the daemon's is compared with it; BENCHMARKS.md).
+pub async fn ceiling_process(
+    exe: &Path,
+    sim: &str,
+    concurrency: usize,
+    warmup: Duration,
+    measure: Duration,
+) -> anyhow::Result<Ceiling> {
+    let child = tokio::process::Command::new(exe)
+        .arg("bench-ceiling")
+        .arg("--url")
+        .arg(sim)
+        .arg("--concurrency")
+        .arg(concurrency.to_string())
+        .arg("--warmup")
+        .arg(humantime::format_duration(warmup).to_string())
+        .arg("--measure")
+        .arg(humantime::format_duration(measure).to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .env_remove("RUST_LOG")
+        .spawn()
+        .with_context(|| format!("starting {} bench-ceiling", exe.display()))?;
+    let limit = warmup + measure + Duration::from_secs(30);
+    let out = tokio::time::timeout(limit, child.wait_with_output())
+        .await
+        .with_context(|| format!("the ceiling client did not finish within {limit:?}"))?
+        .context("waiting for the ceiling client")?;
+    if !out.status.success() {
+        bail!(
+            "the ceiling client exited with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "the ceiling client's report is not JSON: {:?}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
 }
 
 /// How many distinct ids the ceiling client cycles through.
@@ -162,11 +241,19 @@ pub async fn ceiling(
         }));
     }
     tokio::time::sleep(warmup).await;
+    let me = std::process::id();
+    let cpu_before = proc_sample(me);
     counting.store(true, Ordering::Relaxed);
     let started = Instant::now();
     tokio::time::sleep(measure).await;
     let requests = counted.load(Ordering::Relaxed);
     let seconds = started.elapsed().as_secs_f64();
+    let cpu = match (cpu_before, proc_sample(me)) {
+        (Some(a), Some(b)) if requests > 0 => {
+            Some((b.cpu_seconds - a.cpu_seconds) * 1e6 / requests as f64)
+        }
+        _ => None,
+    };
     stop.store(true, Ordering::Relaxed);
     for l in loops {
         let _ = l.await;
@@ -177,5 +264,6 @@ pub async fn ceiling(
         requests,
         per_second: requests as f64 / seconds.max(1e-9),
         measured: vec![requests as f64 / seconds.max(1e-9)],
+        process_cpu_us_per_request: cpu,
     })
 }

@@ -10,7 +10,7 @@
 //! the figures and the commands that gave them.
 
 mod daemon;
-mod load;
+pub mod load;
 mod receiver;
 mod report;
 
@@ -187,6 +187,20 @@ async fn start_simulator(
     Ok((sim, url))
 }
 
+/// The ceiling as it is judged (the minimal client in a process of its own, as
+/// the daemon is), and the same client in this process, for reference.
+async fn ceilings(
+    exe: &Path,
+    sim_url: &str,
+    in_flight: usize,
+    measure: Duration,
+) -> anyhow::Result<(load::Ceiling, load::Ceiling)> {
+    let warmup = Duration::from_secs(1);
+    let own = load::ceiling_process(exe, sim_url, in_flight, warmup, measure).await?;
+    let here = load::ceiling(sim_url, in_flight, warmup, measure).await?;
+    Ok((own, here))
+}
+
 /// The daemon's settings: the bench's, then `--set`, validated as the daemon will.
 fn daemon_settings(
     args: &BenchArgs,
@@ -244,14 +258,11 @@ async fn bench(
         "measuring the poll-rate ceiling: a minimal client, {in_flight} in flight, {:?}",
         args.ceiling_duration
     ));
-    let ceiling = load::ceiling(
-        &sim_url,
-        in_flight,
-        Duration::from_secs(1),
-        args.ceiling_duration,
-    )
-    .await?;
-    progress(format_args!("ceiling: {:.0} polls/s", ceiling.per_second));
+    let (ceiling, in_process) = ceilings(&exe, &sim_url, in_flight, args.ceiling_duration).await?;
+    progress(format_args!(
+        "ceiling: {:.0} polls/s (in the bench's own process: {:.0})",
+        ceiling.per_second, in_process.per_second
+    ));
 
     let mut main_settings = base.clone();
     main_settings.insert(
@@ -334,18 +345,14 @@ async fn bench(
     let tally = receiver.snapshot();
     // Again with the daemon gone: others' load on a shared machine comes and goes,
     // and the better of the two is what the machine can do.
-    let again = load::ceiling(
-        &sim_url,
-        in_flight,
-        Duration::from_secs(1),
-        args.ceiling_duration,
-    )
-    .await?;
+    let (again, in_process_again) =
+        ceilings(&exe, &sim_url, in_flight, args.ceiling_duration).await?;
     progress(format_args!(
-        "ceiling again, after the run: {:.0} polls/s",
-        again.per_second
+        "ceiling again, after the run: {:.0} polls/s (in the bench's own process: {:.0})",
+        again.per_second, in_process_again.per_second
     ));
     let ceiling = load::Ceiling::better(ceiling, again);
+    let in_process = load::Ceiling::better(in_process, in_process_again);
 
     let mut poll = PollRate::from_timeline(
         &timeline,
@@ -378,7 +385,7 @@ async fn bench(
         args,
         settings,
         ingest,
-        ceiling,
+        (ceiling, in_process),
         poll,
         memory,
         latency,

@@ -372,6 +372,17 @@ async fn the_bench_runs_end_to_end_and_reports_every_figure() {
     );
     assert!(report["poll"]["polls"].as_u64().unwrap() >= 300);
     assert!(report["ceiling"]["per_second"].as_f64().unwrap() > 0.0);
+    // The judged ceiling ran in a process of its own and measured its own CPU.
+    assert!(
+        report["ceiling"]["process_cpu_us_per_request"]
+            .as_f64()
+            .unwrap()
+            > 0.0,
+        "{}",
+        report["ceiling"]
+    );
+    assert_eq!(report["ceiling"]["measured"].as_array().unwrap().len(), 2);
+    assert!(report["ceiling_in_process"]["per_second"].as_f64().unwrap() > 0.0);
     assert!(report["memory"]["peak_rss_mib"].as_f64().unwrap() > 1.0);
     let rl = &report["rate_limited"];
     assert!(rl["requests"].as_u64().unwrap() > 0, "{rl}");
