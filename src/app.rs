@@ -149,9 +149,11 @@ impl Daemon {
     }
 }
 
-/// Write the poll results a store keeps in memory every `every`, until
-/// `shutdown` (the store's `close` writes the rest). A failed checkpoint keeps
-/// the results for the next one, and `/readyz` says so meanwhile.
+/// Write the poll results a store keeps in memory every `every`, and sooner when
+/// the store holds too many of them, until `shutdown` (the store's `close` writes
+/// the rest). A failed checkpoint keeps the results for the next timed one (not
+/// the next request: that would retry a full disk in a loop), and `/readyz` says
+/// so meanwhile.
 async fn checkpoints(
     store: DynStore,
     every: Duration,
@@ -159,14 +161,17 @@ async fn checkpoints(
     shutdown: CancellationToken,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
+    let mut failed = false;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
+            _ = store.checkpoint_wanted(), if !failed => {}
         }
         let started = Instant::now();
         match store.checkpoint().await {
             Ok(n) => {
+                failed = false;
                 signals.checkpoint_failing.store(false, Relaxed);
                 if n > 0 {
                     crate::metrics::store_write("checkpoint", started.elapsed());
@@ -174,6 +179,7 @@ async fn checkpoints(
                 }
             }
             Err(e) => {
+                failed = true;
                 signals.checkpoint_failing.store(true, Relaxed);
                 tracing::warn!(error = %e, "writing the poll results kept in memory failed; trying again at the next checkpoint");
             }

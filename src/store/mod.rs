@@ -346,6 +346,11 @@ pub trait Store: Send + Sync + 'static {
     async fn checkpoint(&self) -> Result<u64> {
         Ok(0)
     }
+    /// Resolves when the store holds so many poll results in memory that it
+    /// wants a checkpoint before the timed one (never, for a store that holds none).
+    async fn checkpoint_wanted(&self) {
+        std::future::pending::<()>().await
+    }
 
     async fn claim_due_deliveries(
         &self,

@@ -329,6 +329,11 @@ impl Schedule {
         }
     }
 
+    /// How many running watches have poll results the file does not have yet.
+    pub fn unwritten_len(&self) -> usize {
+        self.unwritten.len()
+    }
+
     /// How many running watches hold a state the file does not have yet.
     pub fn held(&self) -> usize {
         self.held

@@ -35,6 +35,10 @@ pub struct SqliteStore {
     /// writes nothing here either).
     delivery_leases: Leases,
     claiming_deliveries: tokio::sync::Mutex<()>,
+    /// Watches with poll results in memory past which a checkpoint is wanted
+    /// before its time ([`UNWRITTEN_MAX`]), and the signal that asks for it.
+    unwritten_bound: usize,
+    checkpoint_wanted: tokio::sync::Notify,
 }
 
 /// id -> the lease's end (a poll or attempt that never reports frees it then).
@@ -83,6 +87,15 @@ const BOOKKEEPING_CHUNK: usize = 2_000;
 /// `apply_watch_updates`).
 const HELD_MIN: usize = 5_000;
 const HELD_MAX: usize = 50_000;
+/// Watches whose poll results (bookkeeping, at least) may wait in memory for the
+/// timed checkpoint; past this one is wanted at once. Each costs about 80 bytes
+/// of hash table, and a table that doubles holds both sizes for a moment: at
+/// 1,000,000 running watches polled fast enough that all of them waited, the
+/// daemon's peak RSS was 432 MiB (BENCHMARKS.md, session 6). 250,000 keep the
+/// table at 2^19 slots (about 42 MB), with room for the results that come in
+/// while the early checkpoint runs; below 250,000 running watches the timed
+/// checkpoint is the only one.
+pub const UNWRITTEN_MAX: usize = 250_000;
 /// The WAL is truncated back to this after a checkpoint when a burst grew it.
 const JOURNAL_SIZE_LIMIT: &str = "67108864";
 
@@ -189,9 +202,18 @@ impl SqliteStore {
             schedule: Default::default(),
             delivery_leases: Leases::default(),
             claiming_deliveries: tokio::sync::Mutex::new(()),
+            unwritten_bound: UNWRITTEN_MAX,
+            checkpoint_wanted: tokio::sync::Notify::new(),
         };
         store.load_schedule().await?;
         Ok(store)
+    }
+
+    /// The same store with another bound than [`UNWRITTEN_MAX`] on the watches
+    /// whose poll results wait in memory (tests use a small one).
+    pub fn with_unwritten_bound(mut self, bound: usize) -> SqliteStore {
+        self.unwritten_bound = bound.max(1);
+        self
     }
 
     fn schedule(&self) -> std::sync::MutexGuard<'_, Schedule> {
@@ -922,9 +944,14 @@ impl Store for SqliteStore {
             }
         }
         // Held state changes are bounded (HELD_MIN, HELD_MAX). Past that they are
-        // written now, in rowid order.
+        // written now, in rowid order. The rest waits for the checkpoint loop,
+        // which is asked to come early past `unwritten_bound` (it writes in chunks
+        // between other writes; writing here would stop every poll result behind it).
         let too_many = {
             let schedule = self.schedule();
+            if schedule.unwritten_len() > self.unwritten_bound {
+                self.checkpoint_wanted.notify_one();
+            }
             schedule.held() > (schedule.len() / 4).clamp(HELD_MIN, HELD_MAX)
         };
         // A failure keeps them held (and is this batch's only if its own write fails).
@@ -959,6 +986,10 @@ impl Store for SqliteStore {
 
     async fn checkpoint(&self) -> Result<u64> {
         self.write_unwritten(false).await
+    }
+
+    async fn checkpoint_wanted(&self) {
+        self.checkpoint_wanted.notified().await
     }
 
     async fn claim_due_deliveries(

@@ -1263,3 +1263,48 @@ async fn held_state_changes_past_their_bound_are_written_at_once() {
         "counted once, from the file"
     );
 }
+
+/// Poll results waiting in memory for the checkpoint are bounded: past the bound
+/// the store asks for a checkpoint at once instead of at its time, and that
+/// checkpoint writes them (at 1,000,000 watches, waiting for the timed one took
+/// the daemon's peak RSS to 432 MiB).
+#[tokio::test]
+async fn results_waiting_past_their_bound_ask_for_a_checkpoint_at_once() {
+    let (_dir, db) = temp_db();
+    let store = open_store(&db).await.with_unwritten_bound(100);
+    let t0 = now_ms();
+    let n = 101;
+    store
+        .insert_watches(&new_watches(ids("bound-", n), t0))
+        .await
+        .unwrap();
+    let claimed = store
+        .claim_due_watches(t0 + 1000, n as u32, t0 + 60_000)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), n);
+    async fn asked(store: &SqliteStore) -> bool {
+        tokio::time::timeout(Duration::from_millis(100), store.checkpoint_wanted())
+            .await
+            .is_ok()
+    }
+    let mut conn = raw(&db).await;
+    let in_file = "SELECT count(*) FROM watches WHERE poll_count = 1";
+    let first: Vec<WatchUpdate> = claimed[..100]
+        .iter()
+        .map(|w| running_result(w, 1, t0 + 5000))
+        .collect();
+    store.apply_watch_updates(&first).await.unwrap();
+    assert!(
+        !asked(&store).await,
+        "100 may wait for the timed checkpoint"
+    );
+    assert_eq!(count(&mut conn, in_file).await, 0, "they wait in memory");
+    store
+        .apply_watch_updates(&[running_result(&claimed[100], 1, t0 + 5000)])
+        .await
+        .unwrap();
+    assert!(asked(&store).await, "the 101st asks for a checkpoint now");
+    assert_eq!(store.checkpoint().await.unwrap(), n as u64);
+    assert_eq!(count(&mut conn, in_file).await, n as i64);
+}
