@@ -307,6 +307,25 @@ fn new_watches(ids: Vec<String>, now: i64) -> NewWatches {
     }
 }
 
+/// `n` new watches `{prefix}0..`, all claimed at `t0 + 1000`.
+async fn post_and_claim(
+    store: &SqliteStore,
+    prefix: &str,
+    n: usize,
+    t0: i64,
+) -> Vec<jobwatch::store::WatchRecord> {
+    store
+        .insert_watches(&new_watches(ids(prefix, n), t0))
+        .await
+        .unwrap();
+    let claimed = store
+        .claim_due_watches(t0 + 1000, n as u32, t0 + 60_000)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), n);
+    claimed
+}
+
 /// `w`'s result after a poll that found it `RUNNING`: its `n`th poll, the next at `next`.
 fn running_result(w: &jobwatch::store::WatchRecord, n: i64, next: i64) -> WatchUpdate {
     let mut r = w.clone();
@@ -1236,15 +1255,7 @@ async fn held_state_changes_past_their_bound_are_written_at_once() {
     let store = open_store(&db).await;
     let t0 = now_ms();
     let n = 6_000;
-    store
-        .insert_watches(&new_watches(ids("many-", n), t0))
-        .await
-        .unwrap();
-    let claimed = store
-        .claim_due_watches(t0 + 1000, n as u32, t0 + 60_000)
-        .await
-        .unwrap();
-    assert_eq!(claimed.len(), n);
+    let claimed = post_and_claim(&store, "many-", n, t0).await;
     let running = |w| running_result(w, 1, t0 + 5000);
     let mut conn = raw(&db).await;
     let in_file = "SELECT count(*) FROM watches WHERE state = 'RUNNING'";
@@ -1274,15 +1285,7 @@ async fn results_waiting_past_their_bound_ask_for_a_checkpoint_at_once() {
     let store = open_store(&db).await.with_unwritten_bound(100);
     let t0 = now_ms();
     let n = 101;
-    store
-        .insert_watches(&new_watches(ids("bound-", n), t0))
-        .await
-        .unwrap();
-    let claimed = store
-        .claim_due_watches(t0 + 1000, n as u32, t0 + 60_000)
-        .await
-        .unwrap();
-    assert_eq!(claimed.len(), n);
+    let claimed = post_and_claim(&store, "bound-", n, t0).await;
     async fn asked(store: &SqliteStore) -> bool {
         tokio::time::timeout(Duration::from_millis(100), store.checkpoint_wanted())
             .await
