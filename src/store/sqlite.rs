@@ -947,13 +947,16 @@ impl Store for SqliteStore {
         // written now, in rowid order. The rest waits for the checkpoint loop,
         // which is asked to come early past `unwritten_bound` (it writes in chunks
         // between other writes; writing here would stop every poll result behind it).
-        let too_many = {
+        let (too_many, waiting_too_many) = {
             let schedule = self.schedule();
-            if schedule.unwritten_len() > self.unwritten_bound {
-                self.checkpoint_wanted.notify_one();
-            }
-            schedule.held() > (schedule.len() / 4).clamp(HELD_MIN, HELD_MAX)
+            (
+                schedule.held() > (schedule.len() / 4).clamp(HELD_MIN, HELD_MAX),
+                schedule.unwritten_len() > self.unwritten_bound,
+            )
         };
+        if waiting_too_many {
+            self.checkpoint_wanted.notify_one();
+        }
         // A failure keeps them held (and is this batch's only if its own write fails).
         if too_many {
             if let Err(e) = self.write_unwritten(true).await {
