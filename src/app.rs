@@ -211,3 +211,82 @@ pub fn cancel_on_signals(token: CancellationToken) {
         tracing::info!("{signal}: shutting down");
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Kind;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{NewWatches, Store, WatchUpdate};
+    use sqlx::Connection;
+
+    /// The loop, not only the store, acts on the store's request: with an hour to
+    /// the timed checkpoint, results past the bound reach the file at once.
+    #[tokio::test]
+    async fn the_checkpoint_loop_comes_early_when_the_store_asks() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("early.db").display());
+        let sqlite = SqliteStore::open(&url)
+            .await
+            .unwrap()
+            .with_unwritten_bound(10);
+        let t0 = now_ms();
+        let n = 11;
+        sqlite
+            .insert_watches(&NewWatches {
+                kind: Kind::Copy,
+                ids: (0..n).map(|i| format!("early-{i}")).collect(),
+                webhook_url: None,
+                metadata: None,
+                deadline: None,
+                now: t0,
+                first_poll_min: 0,
+                first_poll_spread: 1,
+                interval_ms: 1000,
+            })
+            .await
+            .unwrap();
+        let store: DynStore = Arc::new(sqlite);
+        let shutdown = CancellationToken::new();
+        let looping = tokio::spawn(checkpoints(
+            store.clone(),
+            Duration::from_secs(3600),
+            Signals::new(),
+            shutdown.clone(),
+        ));
+        let claimed = store
+            .claim_due_watches(t0 + 1000, n, t0 + 60_000)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), n as usize);
+        let results: Vec<WatchUpdate> = claimed
+            .into_iter()
+            .map(|mut w| {
+                w.poll_count = 1;
+                w.last_poll_at = Some(t0 + 1000);
+                w.next_poll_at = Some(t0 + 5000);
+                WatchUpdate {
+                    record: w,
+                    event: None,
+                }
+            })
+            .collect();
+        store.apply_watch_updates(&results).await.unwrap();
+        let mut file = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        let started = Instant::now();
+        let in_file = loop {
+            let in_file: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM watches WHERE poll_count = 1")
+                    .fetch_one(&mut file)
+                    .await
+                    .unwrap();
+            if in_file >= n as i64 || started.elapsed() > Duration::from_secs(5) {
+                break in_file;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(in_file, n as i64, "written by an early checkpoint");
+        shutdown.cancel();
+        looping.await.unwrap();
+    }
+}
