@@ -21,6 +21,20 @@ use super::rows::{
 use super::schedule::{Schedule, Unwritten};
 use super::*;
 
+/// The rows bound as `?1` (a JSON array of arrays) as the table `$t`, each row
+/// one JSONB value `$t.v` parsed once. `json_each`'s `value` is the row as text,
+/// made again and parsed again for every `value ->> k` read of it: with a dozen
+/// columns that was most of the cost of a batched write (BENCHMARKS.md, session 7).
+macro_rules! rows_as {
+    ($t:literal) => {
+        concat!(
+            "WITH ",
+            $t,
+            " AS MATERIALIZED (SELECT jsonb(value) AS v FROM json_each(?1)) "
+        )
+    };
+}
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
 pub struct SqliteStore {
@@ -269,27 +283,31 @@ impl SqliteStore {
                 }
             }
         }
-        const SET: &str = "last_poll_at = u.value ->> 2, next_poll_at = u.value ->> 3,
-                interval_ms = u.value ->> 4, poll_count = u.value ->> 5,
-                error_count = u.value ->> 6, consecutive_errors = u.value ->> 7";
-        const WHERE: &str = "FROM json_each(?1) AS u
-             WHERE watches.wid = u.value ->> 0 AND watches.generation = u.value ->> 1
-               AND watches.outcome IS NULL AND watches.poll_count <= u.value ->> 5";
+        const SET: &str = "last_poll_at = u.v ->> 2, next_poll_at = u.v ->> 3,
+                interval_ms = u.v ->> 4, poll_count = u.v ->> 5,
+                error_count = u.v ->> 6, consecutive_errors = u.v ->> 7";
+        const WHERE: &str = "FROM u
+             WHERE watches.wid = u.v ->> 0 AND watches.generation = u.v ->> 1
+               AND watches.outcome IS NULL AND watches.poll_count <= u.v ->> 5";
         let mut written = 0;
         let mut tx = self.writer.begin().await?;
         if !book.is_empty() {
-            written += sqlx::query(&format!("UPDATE watches SET {SET} {WHERE}"))
-                .bind(json_param(&book)?)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+            written += sqlx::query(&format!(
+                "{}UPDATE watches SET {SET} {WHERE}",
+                rows_as!("u")
+            ))
+            .bind(json_param(&book)?)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         }
         if !held.is_empty() {
             written += sqlx::query(&format!(
-                "UPDATE watches SET {SET}, state = u.value ->> 8, upstream_created = u.value ->> 9,
-                    upstream_started = u.value ->> 10, upstream_ended = u.value ->> 11,
-                    upstream_errors = u.value ->> 12, last_error = u.value ->> 13,
-                    not_found_since = u.value ->> 14 {WHERE}"
+                "{}UPDATE watches SET {SET}, state = u.v ->> 8, upstream_created = u.v ->> 9,
+                    upstream_started = u.v ->> 10, upstream_ended = u.v ->> 11,
+                    upstream_errors = u.v ->> 12, last_error = u.v ->> 13,
+                    not_found_since = u.v ->> 14 {WHERE}",
+                rows_as!("u")
             ))
             .bind(json_param(&held)?)
             .execute(&mut *tx)
@@ -540,28 +558,32 @@ async fn apply_watch_group(
     // UPDATE sets: setting `outcome` rewrites five of the watches' indexes, setting
     // `state` alone one. A watch that keeps running is updated without the outcome
     // columns: a third of the pages written per state change (BENCHMARKS.md).
-    const SET: &str = "state = u.value ->> 2, upstream_created = u.value ->> 3,
-            upstream_started = u.value ->> 4, upstream_ended = u.value ->> 5,
-            upstream_errors = u.value ->> 6, last_poll_at = u.value ->> 7,
-            next_poll_at = u.value ->> 8, interval_ms = u.value ->> 9,
-            poll_count = u.value ->> 10, error_count = u.value ->> 11,
-            consecutive_errors = u.value ->> 12, last_error = u.value ->> 13,
-            not_found_since = u.value ->> 14, leased_until = NULL";
-    const WHERE: &str = "FROM json_each(?1) AS u
-         WHERE watches.wid = u.value ->> 0 AND watches.generation = u.value ->> 1
+    const SET: &str = "state = u.v ->> 2, upstream_created = u.v ->> 3,
+            upstream_started = u.v ->> 4, upstream_ended = u.v ->> 5,
+            upstream_errors = u.v ->> 6, last_poll_at = u.v ->> 7,
+            next_poll_at = u.v ->> 8, interval_ms = u.v ->> 9,
+            poll_count = u.v ->> 10, error_count = u.v ->> 11,
+            consecutive_errors = u.v ->> 12, last_error = u.v ->> 13,
+            not_found_since = u.v ->> 14, leased_until = NULL";
+    const WHERE: &str = "FROM u
+         WHERE watches.wid = u.v ->> 0 AND watches.generation = u.v ->> 1
            AND watches.outcome IS NULL
          RETURNING watches.wid";
     let mut done = std::collections::HashSet::new();
     if !running.is_empty() {
-        let wids: Vec<i64> = sqlx::query_scalar(&format!("UPDATE watches SET {SET} {WHERE}"))
-            .bind(json_param(&running)?)
-            .fetch_all(&mut *tx)
-            .await?;
+        let wids: Vec<i64> = sqlx::query_scalar(&format!(
+            "{}UPDATE watches SET {SET} {WHERE}",
+            rows_as!("u")
+        ))
+        .bind(json_param(&running)?)
+        .fetch_all(&mut *tx)
+        .await?;
         done.extend(wids);
     }
     if !ending.is_empty() {
         let wids: Vec<i64> = sqlx::query_scalar(&format!(
-            "UPDATE watches SET {SET}, outcome = u.value ->> 15, outcome_at = u.value ->> 16 {WHERE}"
+            "{}UPDATE watches SET {SET}, outcome = u.v ->> 15, outcome_at = u.v ->> 16 {WHERE}",
+            rows_as!("u")
         ))
         .bind(json_param(&ending)?)
         .fetch_all(&mut *tx)
@@ -585,12 +607,13 @@ async fn apply_watch_group(
         .iter()
         .map(|(r, e)| serde_json::json!([r.wid, r.generation, e.event_type, e.body, created(r)]))
         .collect();
-    let eids: std::collections::HashMap<i64, i64> = sqlx::query_as(
+    let eids: std::collections::HashMap<i64, i64> = sqlx::query_as(concat!(
+        rows_as!("e"),
         "INSERT INTO events (wid, generation, type, body, created_at)
-         SELECT e.value ->> 0, e.value ->> 1, e.value ->> 2, e.value ->> 3, e.value ->> 4
-         FROM json_each(?1) AS e
+         SELECT e.v ->> 0, e.v ->> 1, e.v ->> 2, e.v ->> 3, e.v ->> 4
+         FROM e
          RETURNING wid, eid",
-    )
+    ))
     .bind(json_param(&rows)?)
     .fetch_all(&mut *tx)
     .await?
@@ -613,12 +636,13 @@ async fn apply_watch_group(
         }
     }
     if !rows.is_empty() {
-        sqlx::query(
+        sqlx::query(concat!(
+            rows_as!("d"),
             "INSERT INTO deliveries (eid, wid, webhook_id, target, url, status, next_attempt_at, created_at)
-             SELECT d.value ->> 0, d.value ->> 1, d.value ->> 2, d.value ->> 3, d.value ->> 4,
-                    'pending', d.value ->> 5, d.value ->> 5
-             FROM json_each(?1) AS d",
-        )
+             SELECT d.v ->> 0, d.v ->> 1, d.v ->> 2, d.v ->> 3, d.v ->> 4,
+                    'pending', d.v ->> 5, d.v ->> 5
+             FROM d",
+        ))
         .bind(json_param(&rows)?)
         .execute(&mut *tx)
         .await?;
@@ -649,22 +673,24 @@ async fn record_attempt_group(
         })
         .collect();
     let rows = json_param(&rows)?;
-    sqlx::query(
+    sqlx::query(concat!(
+        rows_as!("a"),
         "INSERT INTO attempts (did, at, status_code, error, duration_ms, response)
-         SELECT a.value ->> 0, a.value ->> 5, a.value ->> 3, a.value ->> 4, a.value ->> 6, a.value ->> 7
-         FROM json_each(?1) AS a",
-    )
+         SELECT a.v ->> 0, a.v ->> 5, a.v ->> 3, a.v ->> 4, a.v ->> 6, a.v ->> 7
+         FROM a",
+    ))
     .bind(&rows)
     .execute(&mut *tx)
     .await?;
-    sqlx::query(
-        "UPDATE deliveries SET status = a.value ->> 1, attempts = attempts + 1,
-            next_attempt_at = a.value ->> 2, leased_until = NULL,
-            last_status = a.value ->> 3, last_error = a.value ->> 4,
-            delivered_at = CASE WHEN a.value ->> 1 = 'delivered' THEN a.value ->> 5 ELSE delivered_at END
-         FROM json_each(?1) AS a
-         WHERE deliveries.did = a.value ->> 0",
-    )
+    sqlx::query(concat!(
+        rows_as!("a"),
+        "UPDATE deliveries SET status = a.v ->> 1, attempts = attempts + 1,
+            next_attempt_at = a.v ->> 2, leased_until = NULL,
+            last_status = a.v ->> 3, last_error = a.v ->> 4,
+            delivered_at = CASE WHEN a.v ->> 1 = 'delivered' THEN a.v ->> 5 ELSE delivered_at END
+         FROM a
+         WHERE deliveries.did = a.v ->> 0",
+    ))
     .bind(&rows)
     .execute(&mut *tx)
     .await?;
