@@ -289,27 +289,21 @@ impl SqliteStore {
         const WHERE: &str = "FROM u
              WHERE watches.wid = u.v ->> 0 AND watches.generation = u.v ->> 1
                AND watches.outcome IS NULL AND watches.poll_count <= u.v ->> 5";
+        const SEEN: &str = ", state = u.v ->> 8, upstream_created = u.v ->> 9,
+                upstream_started = u.v ->> 10, upstream_ended = u.v ->> 11,
+                upstream_errors = u.v ->> 12, last_error = u.v ->> 13,
+                not_found_since = u.v ->> 14";
         let mut written = 0;
         let mut tx = self.writer.begin().await?;
-        if !book.is_empty() {
+        for (rows, also) in [(book, ""), (held, SEEN)] {
+            if rows.is_empty() {
+                continue;
+            }
             written += sqlx::query(&format!(
-                "{}UPDATE watches SET {SET} {WHERE}",
+                "{}UPDATE watches SET {SET}{also} {WHERE}",
                 rows_as!("u")
             ))
-            .bind(json_param(&book)?)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        }
-        if !held.is_empty() {
-            written += sqlx::query(&format!(
-                "{}UPDATE watches SET {SET}, state = u.v ->> 8, upstream_created = u.v ->> 9,
-                    upstream_started = u.v ->> 10, upstream_ended = u.v ->> 11,
-                    upstream_errors = u.v ->> 12, last_error = u.v ->> 13,
-                    not_found_since = u.v ->> 14 {WHERE}",
-                rows_as!("u")
-            ))
-            .bind(json_param(&held)?)
+            .bind(json_param(&rows)?)
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -569,23 +563,17 @@ async fn apply_watch_group(
          WHERE watches.wid = u.v ->> 0 AND watches.generation = u.v ->> 1
            AND watches.outcome IS NULL
          RETURNING watches.wid";
+    const ENDS: &str = ", outcome = u.v ->> 15, outcome_at = u.v ->> 16";
     let mut done = std::collections::HashSet::new();
-    if !running.is_empty() {
+    for (rows, also) in [(running, ""), (ending, ENDS)] {
+        if rows.is_empty() {
+            continue;
+        }
         let wids: Vec<i64> = sqlx::query_scalar(&format!(
-            "{}UPDATE watches SET {SET} {WHERE}",
+            "{}UPDATE watches SET {SET}{also} {WHERE}",
             rows_as!("u")
         ))
-        .bind(json_param(&running)?)
-        .fetch_all(&mut *tx)
-        .await?;
-        done.extend(wids);
-    }
-    if !ending.is_empty() {
-        let wids: Vec<i64> = sqlx::query_scalar(&format!(
-            "{}UPDATE watches SET {SET}, outcome = u.v ->> 15, outcome_at = u.v ->> 16 {WHERE}",
-            rows_as!("u")
-        ))
-        .bind(json_param(&ending)?)
+        .bind(json_param(&rows)?)
         .fetch_all(&mut *tx)
         .await?;
         done.extend(wids);
@@ -953,7 +941,7 @@ impl Store for SqliteStore {
         // checkpoint writes them); outcomes are written now, in order.
         let mut write: Vec<&WatchUpdate> = Vec::new();
         let mut written = Vec::new();
-        {
+        let (too_many, waiting_too_many) = {
             let mut schedule = self.schedule();
             let mut queued = std::collections::HashSet::new();
             for (i, u) in updates.iter().enumerate() {
@@ -968,13 +956,10 @@ impl Store for SqliteStore {
                     written.push(i);
                 }
             }
-        }
-        // Held state changes are bounded (HELD_MIN, HELD_MAX). Past that they are
-        // written now, in rowid order. The rest waits for the checkpoint loop,
-        // which is asked to come early past `unwritten_bound` (it writes in chunks
-        // between other writes; writing here would stop every poll result behind it).
-        let (too_many, waiting_too_many) = {
-            let schedule = self.schedule();
+            // Held state changes are bounded (HELD_MIN, HELD_MAX). Past that they are
+            // written now, in rowid order. The rest waits for the checkpoint loop,
+            // which is asked to come early past `unwritten_bound` (it writes in chunks
+            // between other writes; writing here would stop every poll result behind it).
             (
                 schedule.held() > (schedule.len() / 4).clamp(HELD_MIN, HELD_MAX),
                 schedule.unwritten_len() > self.unwritten_bound,

@@ -209,17 +209,7 @@ async fn pruning_goes_in_small_batches_that_let_other_writes_through() {
     let store = Arc::new(open_store(&db).await);
     // Ended watches, written through the store as the poller would.
     let t0 = now_ms();
-    for chunk in ids("badrequest-", ENDED).chunks(2000) {
-        store
-            .insert_watches(&new_watches(chunk.to_vec(), t0))
-            .await
-            .unwrap();
-    }
-    let claimed = store
-        .claim_due_watches(t0 + 1000, ENDED as u32, t0 + 60_000)
-        .await
-        .unwrap();
-    assert_eq!(claimed.len(), ENDED);
+    let claimed = post_and_claim(&store, "badrequest-", ENDED, t0).await;
     let updates: Vec<WatchUpdate> = claimed
         .into_iter()
         .map(|mut w| {
@@ -1215,14 +1205,7 @@ async fn a_cancelled_watch_keeps_the_state_it_was_last_seen_in() {
     let (_dir, db) = temp_db();
     let store = open_store(&db).await;
     let t0 = now_ms();
-    store
-        .insert_watches(&new_watches(ids("gone-", 1), t0))
-        .await
-        .unwrap();
-    let claimed = store
-        .claim_due_watches(t0 + 1000, 10, t0 + 60_000)
-        .await
-        .unwrap();
+    let claimed = post_and_claim(&store, "gone-", 1, t0).await;
     let update = running_result(&claimed[0], 1, t0 + 3000);
     assert_eq!(
         store.apply_watch_updates(&[update]).await.unwrap(),
