@@ -15,7 +15,7 @@ use std::fmt::Write as _;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use ::metrics::{counter, describe_counter, describe_histogram, histogram};
+use ::metrics::{counter, describe_counter, describe_histogram, histogram, Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::model::Outcome;
@@ -155,10 +155,27 @@ pub fn poll_result(answer: &PollAnswer) -> &'static str {
     }
 }
 
-/// One status request came back (`took`: from send to answer).
+/// The handles [`poll_answered`] counts with, looked up once: a lookup by name
+/// and label hashes both, and it ran for every poll.
+struct PollHandles {
+    polls: [Counter; POLL_RESULTS.len()],
+    latency: Histogram,
+}
+
+static POLL_HANDLES: OnceLock<PollHandles> = OnceLock::new();
+
+/// One status request came back (`took`: from send to answer). The handles are
+/// taken at the first poll, after the daemon installed the recorder.
 pub fn poll_answered(answer: &PollAnswer, took: Duration) {
-    counter!(POLLS, "result" => poll_result(answer)).increment(1);
-    histogram!(UPSTREAM_LATENCY).record(took.as_secs_f64());
+    let h = POLL_HANDLES.get_or_init(|| PollHandles {
+        polls: POLL_RESULTS.map(|result| counter!(POLLS, "result" => result)),
+        latency: histogram!(UPSTREAM_LATENCY),
+    });
+    let result = poll_result(answer);
+    if let Some(i) = POLL_RESULTS.iter().position(|r| *r == result) {
+        h.polls[i].increment(1);
+    }
+    h.latency.record(took.as_secs_f64());
     if let PollAnswer::RateLimited { status, .. } = answer {
         let status = if *status == 503 { "503" } else { "429" };
         counter!(RATE_LIMITED, "status" => status).increment(1);

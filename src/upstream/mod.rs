@@ -107,6 +107,11 @@ pub struct UpstreamClient {
     /// The headers of every request; the token only while on the base URL's origin.
     headers: HeaderMap,
     token: Option<HeaderValue>,
+    /// The Host header of the base URL's origin, for a plain `http` upstream (always
+    /// HTTP/1): hyper builds it from the URI for every request otherwise (a format
+    /// and an allocation per poll). An `https` upstream may speak HTTP/2, where
+    /// the authority goes in the request line instead; hyper handles that one.
+    host: Option<HeaderValue>,
     /// `scheme://authority` of the base URL, and its path without the trailing `/`.
     origin: String,
     base_path: String,
@@ -147,6 +152,7 @@ impl UpstreamClient {
             http,
             headers,
             token: settings.token.as_ref().map(bearer),
+            host: host_header(base),
             origin: base[..url::Position::BeforePath].to_string(),
             base_path: base.path().trim_end_matches('/').to_string(),
             request_timeout: settings.request_timeout,
@@ -191,11 +197,22 @@ impl UpstreamClient {
             let mut request = Request::get(uri.clone())
                 .body(Empty::new())
                 .map_err(|e| format!("request failed: {e}"))?;
-            *request.headers_mut() = self.headers.clone();
-            if let (Some(token), true) = (&self.token, on_origin) {
-                request
-                    .headers_mut()
-                    .insert(header::AUTHORIZATION, token.clone());
+            // Sized for the token and the Host as well: a clone of `self.headers`
+            // is sized to fit only its own, and grew on the next insert.
+            let headers = request.headers_mut();
+            headers.reserve(self.headers.len() + 2);
+            for (name, value) in &self.headers {
+                headers.insert(name.clone(), value.clone());
+            }
+            if on_origin {
+                if let Some(token) = &self.token {
+                    request
+                        .headers_mut()
+                        .insert(header::AUTHORIZATION, token.clone());
+                }
+                if let Some(host) = &self.host {
+                    request.headers_mut().insert(header::HOST, host.clone());
+                }
             }
             let response = self.http.request(request).await.map_err(|e| {
                 let kind = if e.is_connect() {
@@ -227,6 +244,23 @@ impl UpstreamClient {
             return Ok((status, retry_after, body));
         }
     }
+}
+
+/// The Host header hyper would send to `base` (its port only when not the
+/// scheme's default), for a plain `http` base URL; `None` otherwise.
+fn host_header(base: &url::Url) -> Option<HeaderValue> {
+    if base.scheme() != "http" {
+        return None;
+    }
+    let host = match base.host()? {
+        url::Host::Ipv6(ip) => format!("[{ip}]"),
+        other => other.to_string(),
+    };
+    let host = match base.port() {
+        Some(port) if port != 80 => format!("{host}:{port}"),
+        _ => host,
+    };
+    HeaderValue::from_str(&host).ok()
 }
 
 /// Where a redirect answer points, resolved against the URI that got it.
@@ -432,6 +466,69 @@ mod tests {
         };
         assert_eq!(state(c.poll(Kind::Copy, "j1").await), "TOKEN");
         assert_eq!(state(c.poll(Kind::Copy, "away").await), "NO_TOKEN");
+    }
+
+    /// A server whose every answer's state is the Host header it got; paths with
+    /// `/away/` are redirected to `other`.
+    async fn host_echo(other: Option<String>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+            let other = other.clone();
+            async move {
+                match other {
+                    Some(o) if req.uri().path().contains("/away/") => redirect(format!("{o}/x")),
+                    _ => state_doc(
+                        req.headers()
+                            .get(header::HOST)
+                            .and_then(|h| h.to_str().ok())
+                            .unwrap_or("NONE"),
+                    ),
+                }
+            }
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
+    #[tokio::test]
+    async fn the_host_header_names_the_origin_asked_also_after_a_redirect() {
+        let elsewhere = host_echo(None).await;
+        let base = host_echo(Some(elsewhere.clone())).await;
+        let c = client(&format!("{base}/vector/v2"));
+        let state = |a: PollAnswer| match a {
+            PollAnswer::Status(s) => s.state.unwrap_or_default(),
+            other => panic!("not a status: {other:?}"),
+        };
+        assert_eq!(
+            state(c.poll(Kind::Copy, "j1").await),
+            base.trim_start_matches("http://")
+        );
+        assert_eq!(
+            state(c.poll(Kind::Copy, "away").await),
+            elsewhere.trim_start_matches("http://")
+        );
+    }
+
+    #[test]
+    fn the_host_header_has_the_port_only_when_it_is_not_the_default() {
+        let host = |u: &str| {
+            host_header(&url::Url::parse(u).unwrap()).map(|h| h.to_str().unwrap().to_string())
+        };
+        assert_eq!(
+            host("http://127.0.0.1:8080/v2").as_deref(),
+            Some("127.0.0.1:8080")
+        );
+        assert_eq!(
+            host("http://example.com:80/").as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(host("http://[::1]:9000/").as_deref(), Some("[::1]:9000"));
+        assert_eq!(
+            host("https://example.com/"),
+            None,
+            "hyper names an https origin itself"
+        );
     }
 
     #[tokio::test]
