@@ -10,6 +10,7 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::FutureExt as _;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -212,7 +213,17 @@ impl Poller {
                 }
             };
             let wid = w.wid;
-            self.poll_one(w).await;
+            // As a task per poll was: a poll that panics costs that poll, not the
+            // loop (its watch is claimed again when the lease runs out).
+            let polled = std::panic::AssertUnwindSafe(self.poll_one(w))
+                .catch_unwind()
+                .await;
+            if polled.is_err() {
+                tracing::error!(
+                    wid,
+                    "a poll panicked; the watch is polled again when its lease runs out"
+                );
+            }
             self.in_flight().remove(&wid);
             self.done.notify_one();
             if self.shutdown.is_cancelled() {

@@ -102,7 +102,8 @@ pub fn spawn(store: DynStore, signals: Arc<Signals>) -> (Writer, tokio::task::Jo
 async fn run(store: DynStore, signals: Arc<Signals>, mut rx: mpsc::Receiver<Write>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let mut watches = Vec::new();
+        // Most of a batch is one kind: room for all of it, not growth one by one.
+        let mut watches = Vec::with_capacity(batch.len());
         let mut attempts = Vec::new();
         for w in batch.drain(..) {
             match w {
