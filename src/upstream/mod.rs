@@ -252,15 +252,12 @@ fn host_header(base: &url::Url) -> Option<HeaderValue> {
     if base.scheme() != "http" {
         return None;
     }
-    let host = match base.host()? {
-        url::Host::Ipv6(ip) => format!("[{ip}]"),
-        other => other.to_string(),
-    };
-    let host = match base.port() {
-        Some(port) if port != 80 => format!("{host}:{port}"),
-        _ => host,
-    };
-    HeaderValue::from_str(&host).ok()
+    // `host_str` puts an IPv6 address in brackets; `port` is `None` for 80.
+    let host = base.host_str()?;
+    match base.port() {
+        Some(port) => HeaderValue::from_str(&format!("{host}:{port}")).ok(),
+        None => HeaderValue::from_str(host).ok(),
+    }
 }
 
 /// Where a redirect answer points, resolved against the URI that got it.
