@@ -104,14 +104,13 @@ const MAX_BODY: usize = 1024 * 1024;
 /// layers on top of the same pool; BENCHMARKS.md), and polls are most of the daemon.
 pub struct UpstreamClient {
     http: Client<Connector, Empty<Bytes>>,
-    /// The headers of every request; the token only while on the base URL's origin.
-    headers: HeaderMap,
-    token: Option<HeaderValue>,
-    /// The Host header of the base URL's origin, for a plain `http` upstream (always
-    /// HTTP/1): hyper builds it from the URI for every request otherwise (a format
-    /// and an allocation per poll). An `https` upstream may speak HTTP/2, where
-    /// the authority goes in the request line instead; hyper handles that one.
-    host: Option<HeaderValue>,
+    /// The headers of a request to the base URL's origin: the token, and for a plain
+    /// `http` upstream (always HTTP/1) the Host, which hyper would otherwise format
+    /// from the URI for every request (an `https` upstream may speak HTTP/2, where
+    /// the authority is not a header; hyper names that origin itself).
+    on_origin: HeaderMap,
+    /// The same without the token and the Host, for a redirect to another origin.
+    elsewhere: HeaderMap,
     /// `scheme://authority` of the base URL, and its path without the trailing `/`.
     origin: String,
     base_path: String,
@@ -148,11 +147,17 @@ impl UpstreamClient {
             .pool_max_idle_per_host(settings.max_in_flight)
             .build(connector);
         let base = &settings.base_url;
+        let mut on_origin = headers.clone();
+        if let Some(token) = &settings.token {
+            on_origin.insert(header::AUTHORIZATION, bearer(token));
+        }
+        if let Some(host) = host_header(base) {
+            on_origin.insert(header::HOST, host);
+        }
         Ok(UpstreamClient {
             http,
-            headers,
-            token: settings.token.as_ref().map(bearer),
-            host: host_header(base),
+            on_origin,
+            elsewhere: headers,
             origin: base[..url::Position::BeforePath].to_string(),
             base_path: base.path().trim_end_matches('/').to_string(),
             request_timeout: settings.request_timeout,
@@ -197,23 +202,11 @@ impl UpstreamClient {
             let mut request = Request::get(uri.clone())
                 .body(Empty::new())
                 .map_err(|e| format!("request failed: {e}"))?;
-            // Sized for the token and the Host as well: a clone of `self.headers`
-            // is sized to fit only its own, and grew on the next insert.
-            let headers = request.headers_mut();
-            headers.reserve(self.headers.len() + 2);
-            for (name, value) in &self.headers {
-                headers.insert(name.clone(), value.clone());
-            }
-            if on_origin {
-                if let Some(token) = &self.token {
-                    request
-                        .headers_mut()
-                        .insert(header::AUTHORIZATION, token.clone());
-                }
-                if let Some(host) = &self.host {
-                    request.headers_mut().insert(header::HOST, host.clone());
-                }
-            }
+            *request.headers_mut() = if on_origin {
+                self.on_origin.clone()
+            } else {
+                self.elsewhere.clone()
+            };
             let response = self.http.request(request).await.map_err(|e| {
                 let kind = if e.is_connect() {
                     "connection failed"
@@ -399,16 +392,15 @@ mod tests {
         );
     }
 
-    /// A local HTTP server answering every request with `answer(path, has_token)`.
+    /// A local HTTP server answering every request with `answer(path, headers, other)`.
     async fn server(
-        answer: fn(&str, bool, &str) -> axum::response::Response,
+        answer: fn(&str, &HeaderMap, &str) -> axum::response::Response,
         other: &'static str,
     ) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let app = axum::Router::new().fallback(move |req: axum::extract::Request| async move {
-            let token = req.headers().contains_key(header::AUTHORIZATION);
-            answer(req.uri().path(), token, other)
+            answer(req.uri().path(), req.headers(), other)
         });
         tokio::spawn(async move { axum::serve(listener, app).await });
         url
@@ -440,15 +432,15 @@ mod tests {
     async fn redirects_are_followed_and_the_token_stays_on_its_origin() {
         // The other origin says whether it got the token.
         let elsewhere = server(
-            |_, token, _| state_doc(if token { "LEAKED" } else { "NO_TOKEN" }),
+            |_, h, _| state_doc(if has_token(h) { "LEAKED" } else { "NO_TOKEN" }),
             "",
         )
         .await;
         let other: &'static str = Box::leak(elsewhere.into_boxed_str());
         let base = server(
-            |path, token, other| match path {
+            |path, h, other| match path {
                 p if p.starts_with("/moved/") => {
-                    state_doc(if token { "TOKEN" } else { "NO_TOKEN" })
+                    state_doc(if has_token(h) { "TOKEN" } else { "NO_TOKEN" })
                 }
                 p if p.contains("/away/") => redirect(format!("{other}/x")),
                 p => redirect(format!("/moved{p}")),
@@ -465,33 +457,32 @@ mod tests {
         assert_eq!(state(c.poll(Kind::Copy, "away").await), "NO_TOKEN");
     }
 
-    /// A server whose every answer's state is the Host header it got; paths with
-    /// `/away/` are redirected to `other`.
-    async fn host_echo(other: Option<String>) -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
-            let other = other.clone();
-            async move {
-                match other {
-                    Some(o) if req.uri().path().contains("/away/") => redirect(format!("{o}/x")),
-                    _ => state_doc(
-                        req.headers()
-                            .get(header::HOST)
-                            .and_then(|h| h.to_str().ok())
-                            .unwrap_or("NONE"),
-                    ),
-                }
-            }
-        });
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        url
+    fn has_token(headers: &HeaderMap) -> bool {
+        headers.contains_key(header::AUTHORIZATION)
+    }
+
+    /// A status document whose state is the Host header the request came with.
+    fn host_doc(headers: &HeaderMap) -> axum::response::Response {
+        state_doc(
+            headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("NONE"),
+        )
     }
 
     #[tokio::test]
     async fn the_host_header_names_the_origin_asked_also_after_a_redirect() {
-        let elsewhere = host_echo(None).await;
-        let base = host_echo(Some(elsewhere.clone())).await;
+        let elsewhere = server(|_, h, _| host_doc(h), "").await;
+        let other: &'static str = Box::leak(elsewhere.clone().into_boxed_str());
+        let base = server(
+            |path, h, other| match path {
+                p if p.contains("/away/") => redirect(format!("{other}/x")),
+                _ => host_doc(h),
+            },
+            other,
+        )
+        .await;
         let c = client(&format!("{base}/vector/v2"));
         let state = |a: PollAnswer| match a {
             PollAnswer::Status(s) => s.state.unwrap_or_default(),
