@@ -183,12 +183,16 @@ impl Poller {
             .claim_due_watches(now, free as u32, lease_until)
             .await?;
         report.filled = claimed.len() >= free;
-        for w in claimed {
-            if !self.in_flight().insert(w.wid) {
-                continue;
+        {
+            let (mut in_flight, mut queue) = (self.in_flight(), self.queue());
+            for w in claimed {
+                if in_flight.insert(w.wid) {
+                    queue.push_back(w);
+                    report.claimed += 1;
+                }
             }
-            report.claimed += 1;
-            self.queue().push_back(w);
+        }
+        for _ in 0..report.claimed {
             self.queued.notify_one();
         }
         Ok(report)
@@ -380,7 +384,7 @@ pub fn decide(
             n.consecutive_errors = 0;
             n.not_found_since = None;
             let changed = s.state != n.state || first;
-            let verdict = verdict(s.state.as_deref(), s.has_errors());
+            let said = verdict(s.state.as_deref(), s.has_errors());
             n.state = s.state;
             // A missing attribute says nothing: keep what we knew.
             let u = &mut n.upstream;
@@ -396,7 +400,7 @@ pub fn decide(
             if s.errors.is_some() {
                 u.errors = s.errors;
             }
-            match verdict {
+            match said {
                 Verdict::Succeeded => end(&mut n, Outcome::Succeeded),
                 Verdict::Failed => end(&mut n, Outcome::Failed),
                 Verdict::Running | Verdict::Unknown => {
