@@ -471,6 +471,61 @@ mod tests {
         )
     }
 
+    /// A status document whose state lists the contract's request headers as they
+    /// came: Accept, Content-Type, User-Agent, and whether a token came.
+    fn contract_headers_doc(headers: &HeaderMap) -> axum::response::Response {
+        let get = |name| {
+            headers
+                .get(name)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("NONE")
+        };
+        state_doc(&format!(
+            "{} {} {} {}",
+            get(header::ACCEPT),
+            get(header::CONTENT_TYPE),
+            get(header::USER_AGENT),
+            get(header::AUTHORIZATION),
+        ))
+    }
+
+    #[tokio::test]
+    async fn every_request_has_the_contract_s_headers_and_only_the_origin_gets_the_token() {
+        let elsewhere = server(|_, h, _| contract_headers_doc(h), "").await;
+        let other: &'static str = Box::leak(elsewhere.into_boxed_str());
+        let base = server(
+            |path, h, other| match path {
+                p if p.contains("/away/") => redirect(format!("{other}/x")),
+                _ => contract_headers_doc(h),
+            },
+            other,
+        )
+        .await;
+        let settings = crate::config::Settings::load_with(
+            None,
+            &[
+                ("upstream.base_url", base.as_str()),
+                ("upstream.token", "t0ken"),
+                ("upstream.user_agent", "jobwatch-test/1"),
+            ],
+        )
+        .unwrap();
+        let c = UpstreamClient::new(&settings.upstream).unwrap();
+        let state = |a: PollAnswer| match a {
+            PollAnswer::Status(s) => s.state.unwrap_or_default(),
+            other => panic!("not a status: {other:?}"),
+        };
+        let json_api = "application/vnd.api+json";
+        assert_eq!(
+            state(c.poll(Kind::Copy, "j1").await),
+            format!("{json_api} {json_api} jobwatch-test/1 Bearer t0ken")
+        );
+        assert_eq!(
+            state(c.poll(Kind::Copy, "away").await),
+            format!("{json_api} {json_api} jobwatch-test/1 NONE")
+        );
+    }
+
     #[tokio::test]
     async fn the_host_header_names_the_origin_asked_also_after_a_redirect() {
         let elsewhere = server(|_, h, _| host_doc(h), "").await;
