@@ -394,13 +394,18 @@ mod tests {
 
     /// A local HTTP server answering every request with `answer(path, headers, other)`.
     async fn server(
-        answer: fn(&str, &HeaderMap, &str) -> axum::response::Response,
+        answer: impl Fn(&str, &HeaderMap, &str) -> axum::response::Response
+            + Clone
+            + Send
+            + Sync
+            + 'static,
         other: &'static str,
     ) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let app = axum::Router::new().fallback(move |req: axum::extract::Request| async move {
-            answer(req.uri().path(), req.headers(), other)
+        let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+            let answer = answer.clone();
+            async move { answer(req.uri().path(), req.headers(), other) }
         });
         tokio::spawn(async move { axum::serve(listener, app).await });
         url
@@ -418,6 +423,32 @@ mod tests {
     fn state_doc(state: &str) -> axum::response::Response {
         use axum::response::IntoResponse;
         format!(r#"{{"data":{{"attributes":{{"state":"{state}"}}}}}}"#).into_response()
+    }
+
+    /// The state of a status answer (a test fails on any other answer).
+    fn state(a: PollAnswer) -> String {
+        match a {
+            PollAnswer::Status(s) => s.state.unwrap_or_default(),
+            other => panic!("not a status: {other:?}"),
+        }
+    }
+
+    /// Two origins answering with `doc` of each request's headers; the first
+    /// redirects paths with `/away/` to the second. (first, second)
+    async fn origin_and_elsewhere(
+        doc: fn(&HeaderMap) -> axum::response::Response,
+    ) -> (String, String) {
+        let elsewhere = server(move |_, h, _| doc(h), "").await;
+        let other: &'static str = Box::leak(elsewhere.clone().into_boxed_str());
+        let base = server(
+            move |path, h, other| match path {
+                p if p.contains("/away/") => redirect(format!("{other}/x")),
+                _ => doc(h),
+            },
+            other,
+        )
+        .await;
+        (base, elsewhere)
     }
 
     fn redirect(to: String) -> axum::response::Response {
@@ -449,10 +480,6 @@ mod tests {
         )
         .await;
         let c = client(&base);
-        let state = |a: PollAnswer| match a {
-            PollAnswer::Status(s) => s.state.unwrap_or_default(),
-            other => panic!("not a status: {other:?}"),
-        };
         assert_eq!(state(c.poll(Kind::Copy, "j1").await), "TOKEN");
         assert_eq!(state(c.poll(Kind::Copy, "away").await), "NO_TOKEN");
     }
@@ -491,16 +518,7 @@ mod tests {
 
     #[tokio::test]
     async fn every_request_has_the_contract_s_headers_and_only_the_origin_gets_the_token() {
-        let elsewhere = server(|_, h, _| contract_headers_doc(h), "").await;
-        let other: &'static str = Box::leak(elsewhere.into_boxed_str());
-        let base = server(
-            |path, h, other| match path {
-                p if p.contains("/away/") => redirect(format!("{other}/x")),
-                _ => contract_headers_doc(h),
-            },
-            other,
-        )
-        .await;
+        let (base, _) = origin_and_elsewhere(contract_headers_doc).await;
         let settings = crate::config::Settings::load_with(
             None,
             &[
@@ -511,10 +529,6 @@ mod tests {
         )
         .unwrap();
         let c = UpstreamClient::new(&settings.upstream).unwrap();
-        let state = |a: PollAnswer| match a {
-            PollAnswer::Status(s) => s.state.unwrap_or_default(),
-            other => panic!("not a status: {other:?}"),
-        };
         let json_api = "application/vnd.api+json";
         assert_eq!(
             state(c.poll(Kind::Copy, "j1").await),
@@ -528,21 +542,8 @@ mod tests {
 
     #[tokio::test]
     async fn the_host_header_names_the_origin_asked_also_after_a_redirect() {
-        let elsewhere = server(|_, h, _| host_doc(h), "").await;
-        let other: &'static str = Box::leak(elsewhere.clone().into_boxed_str());
-        let base = server(
-            |path, h, other| match path {
-                p if p.contains("/away/") => redirect(format!("{other}/x")),
-                _ => host_doc(h),
-            },
-            other,
-        )
-        .await;
+        let (base, elsewhere) = origin_and_elsewhere(host_doc).await;
         let c = client(&format!("{base}/vector/v2"));
-        let state = |a: PollAnswer| match a {
-            PollAnswer::Status(s) => s.state.unwrap_or_default(),
-            other => panic!("not a status: {other:?}"),
-        };
         assert_eq!(
             state(c.poll(Kind::Copy, "j1").await),
             base.trim_start_matches("http://")
