@@ -2,7 +2,10 @@
 //! at once, timed until the last 202) and the ceiling client, the least a poller can
 //! be: `concurrency` loops of GET against the simulator's status endpoint, nothing
 //! parsed, nothing stored. Its rate is what this machine can do, and the daemon's
-//! poll rate is judged against it.
+//! poll rate is judged against it. The same loops can also send each request
+//! through the daemon's own upstream client (its URL, headers and timeout, the
+//! answer parsed into a status), which shows how much of the gap to the ceiling is
+//! the request itself and how much the claiming, deciding and storing around it.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -22,6 +25,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::daemon::proc_sample;
+use crate::config::Settings;
+use crate::model::Kind;
+use crate::upstream::{PollAnswer, UpstreamClient};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Ingest {
@@ -121,6 +127,38 @@ impl Ceiling {
     }
 }
 
+/// One round of the ceiling's measurements.
+pub struct Ceilings {
+    /// The minimal client in a process of its own: what the poll rate is judged by.
+    pub judged: Ceiling,
+    /// The daemon's upstream client in the same place, for reference: its request
+    /// path alone, nothing claimed, decided or stored.
+    pub upstream_client: Ceiling,
+    /// The minimal client in the bench's process, beside the simulator.
+    pub in_process: Ceiling,
+}
+
+impl Ceilings {
+    /// The better of two rounds, each measurement on its own.
+    pub fn better(a: Ceilings, b: Ceilings) -> Ceilings {
+        Ceilings {
+            judged: Ceiling::better(a.judged, b.judged),
+            upstream_client: Ceiling::better(a.upstream_client, b.upstream_client),
+            in_process: Ceiling::better(a.in_process, b.in_process),
+        }
+    }
+}
+
+impl std::fmt::Display for Ceilings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.0} polls/s (through the daemon's upstream client: {:.0}; in the bench's own process: {:.0})",
+            self.judged.per_second, self.upstream_client.per_second, self.in_process.per_second
+        )
+    }
+}
+
 /// The hidden `jobwatch bench-ceiling`: the ceiling client in a process of its
 /// own, started by the bench, which reads the [`Ceiling`] it prints as JSON.
 #[derive(clap::Args, Debug, Clone)]
@@ -135,11 +173,37 @@ pub struct CeilingArgs {
     pub warmup: Duration,
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
     pub measure: Duration,
+    /// Send each request through the daemon's upstream client instead of the
+    /// minimal one.
+    #[arg(long)]
+    pub upstream_client: bool,
+}
+
+/// What each of the ceiling client's requests is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Requests {
+    /// hyper's pooled client: GET, read the body, nothing parsed.
+    Minimal,
+    /// The daemon's [`UpstreamClient::poll`]: the contract's URL and headers, its
+    /// timeout, the body parsed into a status; nothing decided or stored.
+    UpstreamClient,
 }
 
 /// `jobwatch bench-ceiling`: measure, print the result as one JSON line.
 pub async fn ceiling_client(args: CeilingArgs) -> anyhow::Result<u8> {
-    let c = ceiling(&args.url, args.concurrency, args.warmup, args.measure).await?;
+    let requests = if args.upstream_client {
+        Requests::UpstreamClient
+    } else {
+        Requests::Minimal
+    };
+    let c = ceiling(
+        &args.url,
+        args.concurrency,
+        args.warmup,
+        args.measure,
+        requests,
+    )
+    .await?;
     println!("{}", serde_json::to_string(&c)?);
     Ok(0)
 }
@@ -154,9 +218,14 @@ pub async fn ceiling_process(
     concurrency: usize,
     warmup: Duration,
     measure: Duration,
+    requests: Requests,
 ) -> anyhow::Result<Ceiling> {
-    let child = tokio::process::Command::new(exe)
-        .arg("bench-ceiling")
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.arg("bench-ceiling");
+    if requests == Requests::UpstreamClient {
+        cmd.arg("--upstream-client");
+    }
+    let child = cmd
         .arg("--url")
         .arg(sim)
         .arg("--concurrency")
@@ -195,6 +264,67 @@ pub async fn ceiling_process(
 /// How many distinct ids the ceiling client cycles through.
 const CEILING_IDS: usize = 10_000;
 
+/// One request of the ceiling client, made ready once for all its loops (one value
+/// behind an `Arc`: its variants' sizes do not matter).
+#[allow(clippy::large_enum_variant)]
+enum Requester {
+    Minimal {
+        http: Client<HttpConnector, Empty<Bytes>>,
+        sim: String,
+    },
+    UpstreamClient(UpstreamClient),
+}
+
+impl Requester {
+    fn new(sim: &str, concurrency: usize, requests: Requests) -> anyhow::Result<Requester> {
+        Ok(match requests {
+            Requests::Minimal => {
+                let mut connector = HttpConnector::new();
+                connector.set_nodelay(true);
+                Requester::Minimal {
+                    http: Client::builder(TokioExecutor::new())
+                        .pool_max_idle_per_host(concurrency)
+                        .build(connector),
+                    sim: sim.to_string(),
+                }
+            }
+            Requests::UpstreamClient => {
+                let in_flight = concurrency.to_string();
+                let settings = Settings::load_with(
+                    None,
+                    &[
+                        ("upstream.base_url", sim),
+                        ("upstream.max_in_flight", in_flight.as_str()),
+                    ],
+                )
+                .context("the upstream client's settings")?;
+                Requester::UpstreamClient(UpstreamClient::new(&settings.upstream)?)
+            }
+        })
+    }
+
+    /// Ask for the status of the `k`th ceiling id: did a whole, good answer come?
+    async fn status(&self, k: usize) -> bool {
+        match self {
+            Requester::Minimal { http, sim } => {
+                let Ok(uri) =
+                    format!("{sim}/products/ceil-{k:07}/search/copy/status").parse::<Uri>()
+                else {
+                    return false;
+                };
+                match http.get(uri).await {
+                    Ok(r) => r.status().is_success() && r.into_body().collect().await.is_ok(),
+                    Err(_) => false,
+                }
+            }
+            Requester::UpstreamClient(client) => matches!(
+                client.poll(Kind::Copy, &id("ceil-", k)).await,
+                PollAnswer::Status(_)
+            ),
+        }
+    }
+}
+
 /// Hammer the simulator's status endpoint from `concurrency` loops for `warmup` (not
 /// counted) and then `measure`, on the HTTP stack the daemon polls with (hyper's
 /// pooled client, as many idle connections as loops).
@@ -203,37 +333,25 @@ pub async fn ceiling(
     concurrency: usize,
     warmup: Duration,
     measure: Duration,
+    requests: Requests,
 ) -> anyhow::Result<Ceiling> {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    let http: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(concurrency)
-        .build(connector);
+    let requester = Arc::new(Requester::new(sim, concurrency, requests)?);
     let counted = Arc::new(AtomicU64::new(0));
     let counting = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let mut loops = Vec::with_capacity(concurrency);
     for worker in 0..concurrency {
-        let (http, counted, counting, stop) = (
-            http.clone(),
+        let (requester, counted, counting, stop) = (
+            requester.clone(),
             counted.clone(),
             counting.clone(),
             stop.clone(),
         );
-        let sim = sim.to_string();
         loops.push(tokio::spawn(async move {
             let mut k = worker * 7919;
             while !stop.load(Ordering::Relaxed) {
                 k = (k + 1) % CEILING_IDS;
-                let Ok(uri) =
-                    format!("{sim}/products/ceil-{k:07}/search/copy/status").parse::<Uri>()
-                else {
-                    return;
-                };
-                let ok = match http.get(uri).await {
-                    Ok(r) => r.status().is_success() && r.into_body().collect().await.is_ok(),
-                    Err(_) => false,
-                };
+                let ok = requester.status(k).await;
                 if ok && counting.load(Ordering::Relaxed) {
                     counted.fetch_add(1, Ordering::Relaxed);
                 }

@@ -27,6 +27,7 @@ use crate::config::{LogFormat, LogSettings, Settings};
 use crate::simulator::{SimulateArgs, Simulator};
 use crate::webhook::sign::SigningSecret;
 use daemon::DaemonProcess;
+use load::Ceilings;
 pub use report::Report;
 use report::{Latency, Memory, PollRate, RateLimited, Sample};
 
@@ -188,17 +189,23 @@ async fn start_simulator(
 }
 
 /// The ceiling as it is judged (the minimal client in a process of its own, as
-/// the daemon is), and the same client in this process, for reference.
+/// the daemon is), and for reference the daemon's upstream client in the same
+/// place and the minimal client in this process.
 async fn ceilings(
     exe: &Path,
     sim_url: &str,
     in_flight: usize,
     measure: Duration,
-) -> anyhow::Result<(load::Ceiling, load::Ceiling)> {
+) -> anyhow::Result<Ceilings> {
     let warmup = Duration::from_secs(1);
-    let own = load::ceiling_process(exe, sim_url, in_flight, warmup, measure).await?;
-    let here = load::ceiling(sim_url, in_flight, warmup, measure).await?;
-    Ok((own, here))
+    let process =
+        |requests| load::ceiling_process(exe, sim_url, in_flight, warmup, measure, requests);
+    Ok(Ceilings {
+        judged: process(load::Requests::Minimal).await?,
+        upstream_client: process(load::Requests::UpstreamClient).await?,
+        in_process: load::ceiling(sim_url, in_flight, warmup, measure, load::Requests::Minimal)
+            .await?,
+    })
 }
 
 /// The daemon's settings: the bench's, then `--set`, validated as the daemon will.
@@ -258,11 +265,8 @@ async fn bench(
         "measuring the poll-rate ceiling: a minimal client, {in_flight} in flight, {:?}",
         args.ceiling_duration
     ));
-    let (ceiling, in_process) = ceilings(&exe, &sim_url, in_flight, args.ceiling_duration).await?;
-    progress(format_args!(
-        "ceiling: {:.0} polls/s (in the bench's own process: {:.0})",
-        ceiling.per_second, in_process.per_second
-    ));
+    let first = ceilings(&exe, &sim_url, in_flight, args.ceiling_duration).await?;
+    progress(format_args!("ceiling: {first}"));
 
     let mut main_settings = base.clone();
     main_settings.insert(
@@ -345,20 +349,16 @@ async fn bench(
     let tally = receiver.snapshot();
     // Again with the daemon gone: others' load on a shared machine comes and goes,
     // and the better of the two is what the machine can do.
-    let (again, in_process_again) =
-        ceilings(&exe, &sim_url, in_flight, args.ceiling_duration).await?;
-    progress(format_args!(
-        "ceiling again, after the run: {:.0} polls/s (in the bench's own process: {:.0})",
-        again.per_second, in_process_again.per_second
-    ));
-    let ceiling = load::Ceiling::better(ceiling, again);
-    let in_process = load::Ceiling::better(in_process, in_process_again);
+    let again = ceilings(&exe, &sim_url, in_flight, args.ceiling_duration).await?;
+    progress(format_args!("ceiling again, after the run: {again}"));
+    let ceilings = Ceilings::better(first, again);
+    let ceiling = &ceilings.judged;
 
     let mut poll = PollRate::from_timeline(
         &timeline,
         polls_at_ingest_end,
         after_ingest.cpu_seconds - before.cpu_seconds,
-        &ceiling,
+        ceiling,
     );
     let polled = poll.polls.saturating_sub(polls_at_ingest_end);
     poll.bytes_written_per_poll = match (end.write_bytes, after_ingest.write_bytes) {
@@ -385,7 +385,7 @@ async fn bench(
         args,
         settings,
         ingest,
-        (ceiling, in_process),
+        ceilings,
         poll,
         memory,
         latency,

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::load::{Ceiling, Ingest};
+use super::load::{Ceiling, Ceilings, Ingest};
 use super::receiver::Tally;
 use super::BenchArgs;
 use crate::config::Settings;
@@ -257,6 +257,11 @@ pub struct Report {
     /// The same client in the bench's process, beside the simulator (the ceiling
     /// of sessions 1-5), for reference.
     pub ceiling_in_process: Ceiling,
+    /// The ceiling's loops sending each request through the daemon's upstream
+    /// client (URL, headers, timeout, the answer parsed), in a process of their
+    /// own, for reference: the request path alone, without the claim, the decision
+    /// and the store around it.
+    pub ceiling_upstream_client: Ceiling,
     pub poll: PollRate,
     pub memory: Memory,
     pub latency: Latency,
@@ -272,7 +277,7 @@ impl Report {
         args: &BenchArgs,
         settings: Settings,
         ingest: Ingest,
-        (ceiling, ceiling_in_process): (Ceiling, Ceiling),
+        ceilings: Ceilings,
         poll: PollRate,
         memory: Memory,
         latency: Latency,
@@ -294,8 +299,9 @@ impl Report {
                 daemon_overrides: args.set.clone(),
             },
             ingest,
-            ceiling,
-            ceiling_in_process,
+            ceiling: ceilings.judged,
+            ceiling_in_process: ceilings.in_process,
+            ceiling_upstream_client: ceilings.upstream_client,
             poll,
             memory,
             latency,
@@ -439,6 +445,13 @@ impl Report {
             c.process_cpu_us_per_request
                 .map_or("-".to_string(), |u| format!("{u:.1} us"))
         };
+        let via = &self.ceiling_upstream_client;
+        println!(
+            "                    the daemon's upstream client alone (its own process, nothing stored): {:.0}/s ({:.0}% of the ceiling), {} per request",
+            via.per_second,
+            via.per_second / p.ceiling_per_second.max(1e-9) * 100.0,
+            us(via)
+        );
         println!(
             "  daemon CPU:       {:.3} s per 1,000 polls ({} polls in all); ingest took {:.2} CPU s; the minimal client: {} per request ({} with the simulator, in one process)",
             p.cpu_seconds_per_1000_polls,

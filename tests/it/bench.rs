@@ -383,6 +383,15 @@ async fn the_bench_runs_end_to_end_and_reports_every_figure() {
     );
     assert_eq!(report["ceiling"]["measured"].as_array().unwrap().len(), 2);
     assert!(report["ceiling_in_process"]["per_second"].as_f64().unwrap() > 0.0);
+    // So did the daemon's upstream client, before and after the run; it counts
+    // only answers it could read as a status, so a rate above 0 means it parsed.
+    let via = &report["ceiling_upstream_client"];
+    assert!(via["per_second"].as_f64().unwrap() > 0.0, "{via}");
+    assert!(
+        via["process_cpu_us_per_request"].as_f64().unwrap() > 0.0,
+        "{via}"
+    );
+    assert_eq!(via["measured"].as_array().unwrap().len(), 2, "{via}");
     assert!(report["memory"]["peak_rss_mib"].as_f64().unwrap() > 1.0);
     let rl = &report["rate_limited"];
     assert!(rl["requests"].as_u64().unwrap() > 0, "{rl}");
