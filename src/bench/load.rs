@@ -173,14 +173,13 @@ pub struct CeilingArgs {
     pub warmup: Duration,
     #[arg(long, value_parser = humantime::parse_duration, default_value = "5s")]
     pub measure: Duration,
-    /// Send each request through the daemon's upstream client instead of the
-    /// minimal one.
-    #[arg(long)]
-    pub upstream_client: bool,
+    /// What each request is made with.
+    #[arg(long, value_enum, default_value_t = Requests::Minimal)]
+    pub requests: Requests,
 }
 
-/// What each of the ceiling client's requests is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What each of the ceiling client's requests is made with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Requests {
     /// hyper's pooled client: GET, read the body, nothing parsed.
     Minimal,
@@ -191,17 +190,12 @@ pub enum Requests {
 
 /// `jobwatch bench-ceiling`: measure, print the result as one JSON line.
 pub async fn ceiling_client(args: CeilingArgs) -> anyhow::Result<u8> {
-    let requests = if args.upstream_client {
-        Requests::UpstreamClient
-    } else {
-        Requests::Minimal
-    };
     let c = ceiling(
         &args.url,
         args.concurrency,
         args.warmup,
         args.measure,
-        requests,
+        args.requests,
     )
     .await?;
     println!("{}", serde_json::to_string(&c)?);
@@ -220,12 +214,14 @@ pub async fn ceiling_process(
     measure: Duration,
     requests: Requests,
 ) -> anyhow::Result<Ceiling> {
-    let mut cmd = tokio::process::Command::new(exe);
-    cmd.arg("bench-ceiling");
-    if requests == Requests::UpstreamClient {
-        cmd.arg("--upstream-client");
-    }
-    let child = cmd
+    let requests = match requests {
+        Requests::Minimal => "minimal",
+        Requests::UpstreamClient => "upstream-client",
+    };
+    let child = tokio::process::Command::new(exe)
+        .arg("bench-ceiling")
+        .arg("--requests")
+        .arg(requests)
         .arg("--url")
         .arg(sim)
         .arg("--concurrency")
@@ -261,8 +257,9 @@ pub async fn ceiling_process(
     })
 }
 
-/// How many distinct ids the ceiling client cycles through.
+/// How many distinct ids the ceiling client cycles through, and their prefix.
 const CEILING_IDS: usize = 10_000;
+const CEILING_PREFIX: &str = "ceil-";
 
 /// One request of the ceiling client, made ready once for all its loops (one value
 /// behind an `Arc`: its variants' sizes do not matter).
@@ -270,7 +267,8 @@ const CEILING_IDS: usize = 10_000;
 enum Requester {
     Minimal {
         http: Client<HttpConnector, Empty<Bytes>>,
-        sim: String,
+        /// `{sim}/products/`: see [`minimal_uri`].
+        head: String,
     },
     UpstreamClient(UpstreamClient),
 }
@@ -281,11 +279,15 @@ impl Requester {
             Requests::Minimal => {
                 let mut connector = HttpConnector::new();
                 connector.set_nodelay(true);
+                let head = format!("{sim}/products/");
+                // Only the id changes from one request to the next: if one URI
+                // parses, all do.
+                minimal_uri(&head, 0).with_context(|| format!("the simulator's URL {sim:?}"))?;
                 Requester::Minimal {
                     http: Client::builder(TokioExecutor::new())
                         .pool_max_idle_per_host(concurrency)
                         .build(connector),
-                    sim: sim.to_string(),
+                    head,
                 }
             }
             Requests::UpstreamClient => {
@@ -306,10 +308,8 @@ impl Requester {
     /// Ask for the status of the `k`th ceiling id: did a whole, good answer come?
     async fn status(&self, k: usize) -> bool {
         match self {
-            Requester::Minimal { http, sim } => {
-                let Ok(uri) =
-                    format!("{sim}/products/ceil-{k:07}/search/copy/status").parse::<Uri>()
-                else {
+            Requester::Minimal { http, head } => {
+                let Ok(uri) = minimal_uri(head, k) else {
                     return false;
                 };
                 match http.get(uri).await {
@@ -318,11 +318,17 @@ impl Requester {
                 }
             }
             Requester::UpstreamClient(client) => matches!(
-                client.poll(Kind::Copy, &id("ceil-", k)).await,
+                client.poll(Kind::Copy, &id(CEILING_PREFIX, k)).await,
                 PollAnswer::Status(_)
             ),
         }
     }
+}
+
+/// The `k`th ceiling id's status URI: its id as [`id`] makes it, in the one
+/// allocation the minimal client makes per request.
+fn minimal_uri(head: &str, k: usize) -> Result<Uri, http::uri::InvalidUri> {
+    format!("{head}{CEILING_PREFIX}{k:07}/search/copy/status").parse()
 }
 
 /// Hammer the simulator's status endpoint from `concurrency` loops for `warmup` (not
@@ -384,4 +390,37 @@ pub async fn ceiling(
         measured: vec![requests as f64 / seconds.max(1e-9)],
         process_cpu_us_per_request: cpu,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_minimal_client_asks_for_the_urls_the_upstream_client_does() {
+        let sim = "http://127.0.0.1:9";
+        let Ok(Requester::UpstreamClient(client)) =
+            Requester::new(sim, 4, Requests::UpstreamClient)
+        else {
+            panic!("the upstream client is made");
+        };
+        for k in [0, 42, CEILING_IDS - 1] {
+            let minimal = minimal_uri(&format!("{sim}/products/"), k).expect("a URI");
+            assert_eq!(
+                minimal.to_string(),
+                client.status_url(Kind::Copy, &id(CEILING_PREFIX, k))
+            );
+        }
+    }
+
+    #[test]
+    fn a_simulator_url_that_makes_no_uri_is_refused_up_front() {
+        let e = Requester::new("http://bad host", 4, Requests::Minimal)
+            .err()
+            .expect("refused");
+        assert!(
+            format!("{e:#}").contains("the simulator's URL \"http://bad host\""),
+            "{e:#}"
+        );
+    }
 }
