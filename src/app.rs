@@ -234,7 +234,7 @@ mod tests {
         let n = 11;
         sqlite
             .insert_watches(&NewWatches {
-                kind: Kind::Copy,
+                kind: Kind::COPY,
                 ids: (0..n).map(|i| format!("early-{i}")).collect(),
                 webhook_url: None,
                 metadata: None,

@@ -5,41 +5,118 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// Which status endpoint a watch polls.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    Copy,
-    Delete,
-}
+/// A kind of job: which upstream a watch polls, and how (its status path and state
+/// table, `crate::upstream::kinds`). Kinds are named in the settings, so this is a
+/// name, interned once per distinct name: `Copy`, compared and hashed as the string.
+/// Names are interned only from the settings and from rows the store already holds
+/// (see [`Kind::intern`]); a name from a request is looked up with [`Kind::known`],
+/// which never interns, so clients cannot grow the table.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Kind(&'static str);
+
+static INTERNED: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
 
 impl Kind {
-    pub const ALL: [Kind; 2] = [Kind::Copy, Kind::Delete];
+    /// Vector API v2 copy jobs (the `vector` preset).
+    pub const COPY: Kind = Kind("copy");
+    /// Vector API v2 delete jobs (the `vector` preset).
+    pub const DELETE: Kind = Kind("delete");
+
+    /// The kind named `name`, interned on first sight. For names from the
+    /// settings and from the store: the table grows by one per distinct name.
+    pub fn intern(name: &str) -> Kind {
+        for k in [Kind::COPY, Kind::DELETE] {
+            if k.0 == name {
+                return k;
+            }
+        }
+        let mut table = INTERNED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = table.iter().find(|k| **k == name) {
+            return Kind(k);
+        }
+        let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
+        table.push(leaked);
+        Kind(leaked)
+    }
+
+    /// The kind named `name` if it was ever interned (configured or stored).
+    pub fn known(name: &str) -> Option<Kind> {
+        if let Some(k) = [Kind::COPY, Kind::DELETE].into_iter().find(|k| k.0 == name) {
+            return Some(k);
+        }
+        let table = INTERNED.lock().unwrap_or_else(|e| e.into_inner());
+        table.iter().find(|k| **k == name).map(|k| Kind(k))
+    }
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Copy => "copy",
-            Kind::Delete => "delete",
-        }
+        self.0
+    }
+}
+
+impl fmt::Debug for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.0, f)
     }
 }
 
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.write_str(self.0)
     }
 }
 
+/// Parsing interns: it is for names the store or the settings hold. The API and the
+/// command line check names against the configured kinds instead.
 impl FromStr for Kind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "copy" => Ok(Kind::Copy),
-            "delete" => Ok(Kind::Delete),
-            other => Err(format!(
-                "unknown kind {other:?}: expected \"copy\" or \"delete\""
-            )),
-        }
+        check_kind_name(s)?;
+        Ok(Kind::intern(s))
+    }
+}
+
+impl Serialize for Kind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Kind {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl utoipa::PartialSchema for Kind {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some(
+                "A configured kind: `copy` and `delete` (Vector API v2), and the kinds of \
+                 `[[upstreams]]` (GET /v1/status lists them).",
+            ))
+            .pattern(Some(KIND_PATTERN))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Kind {}
+
+/// What a kind's name may be: 1 to 64 of `a-z 0-9 _ -`, starting with a letter.
+pub const KIND_PATTERN: &str = "^[a-z][a-z0-9_-]{0,63}$";
+
+pub fn check_kind_name(s: &str) -> Result<(), String> {
+    let ok = (1..=64).contains(&s.len())
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "kind {s:?} is not a kind name: 1 to 64 characters from a-z 0-9 _ -, starting with a letter"
+        ))
     }
 }
 

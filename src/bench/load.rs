@@ -318,7 +318,7 @@ impl Requester {
                 }
             }
             Requester::UpstreamClient(client) => matches!(
-                client.poll(Kind::Copy, &id(CEILING_PREFIX, k)).await,
+                client.poll(Kind::COPY, &id(CEILING_PREFIX, k)).await,
                 PollAnswer::Status(_)
             ),
         }
@@ -408,7 +408,7 @@ mod tests {
             let minimal = minimal_uri(&format!("{sim}/products/"), k).expect("a URI");
             assert_eq!(
                 minimal.to_string(),
-                client.status_url(Kind::Copy, &id(CEILING_PREFIX, k))
+                client.status_url(Kind::COPY, &id(CEILING_PREFIX, k))
             );
         }
     }

@@ -109,7 +109,7 @@ pub fn sample_jobs(n: u32) -> Vec<SampleJob> {
                 format!("{prefix}{j:04}")
             };
             jobs.push(SampleJob {
-                kind: if j % 4 == 0 { Kind::Delete } else { Kind::Copy },
+                kind: if j % 4 == 0 { Kind::DELETE } else { Kind::COPY },
                 deadline: (*prefix == "running-").then_some(RUNNING_DEADLINE),
                 id,
             });
@@ -637,7 +637,7 @@ mod tests {
                 "no {prefix} id"
             );
         }
-        assert!(jobs.iter().any(|j| j.kind == Kind::Delete));
+        assert!(jobs.iter().any(|j| j.kind == Kind::DELETE));
         assert!(jobs
             .iter()
             .filter(|j| j.id.starts_with("running-"))

@@ -12,8 +12,6 @@ mod watch;
 use std::io::Read as _;
 use std::time::Duration;
 
-use clap::ValueEnum;
-
 use crate::model::{check_id, Kind, Outcome};
 
 pub use client::{Client, ServerArgs};
@@ -125,20 +123,13 @@ impl CliError {
     }
 }
 
-/// `--kind` on the command line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum KindArg {
-    Copy,
-    Delete,
-}
+/// `--kind` on the command line: any kind name; the daemon knows which are
+/// configured and refuses others with a message that lists them (exit 64).
+pub type KindArg = Kind;
 
-impl From<KindArg> for Kind {
-    fn from(k: KindArg) -> Kind {
-        match k {
-            KindArg::Copy => Kind::Copy,
-            KindArg::Delete => Kind::Delete,
-        }
-    }
+pub fn parse_kind(s: &str) -> Result<Kind, String> {
+    crate::model::check_kind_name(s)?;
+    Ok(Kind::intern(s))
 }
 
 /// `--timeout` values: `30s`, `10m`, `1h30m` (humantime), or a bare number of seconds.

@@ -27,8 +27,8 @@ pub struct WaitArgs {
     #[arg(required = true, value_name = "ID")]
     pub ids: Vec<String>,
 
-    /// Which status endpoint the jobs answer on.
-    #[arg(long, value_enum)]
+    /// The jobs' kind: copy or delete (Vector), or a kind of `[[upstreams]]`.
+    #[arg(long, value_parser = super::parse_kind)]
     pub kind: KindArg,
 
     /// Stop waiting after this long (30s, 10m...); ids without an outcome then count as
@@ -88,7 +88,7 @@ impl Ended {
 pub async fn wait(args: WaitArgs) -> Result<u8, CliError> {
     let ids = collect_ids(&args.ids)?;
     let client = Client::new(&args.server)?;
-    let kind: Kind = args.kind.into();
+    let kind: Kind = args.kind;
     let deadline = args.timeout.map(|t| Instant::now() + t);
     if args.watch {
         let posted = post_all(

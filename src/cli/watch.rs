@@ -17,8 +17,8 @@ pub struct WatchArgs {
     #[arg(required = true, value_name = "ID")]
     pub ids: Vec<String>,
 
-    /// Which status endpoint the jobs answer on.
-    #[arg(long, value_enum)]
+    /// The jobs' kind: copy or delete (Vector), or a kind of `[[upstreams]]`.
+    #[arg(long, value_parser = super::parse_kind)]
     pub kind: KindArg,
 
     /// Webhook URL that gets each watch's outcome (the daemon signs it with its
@@ -113,7 +113,7 @@ pub async fn post_all(
 pub async fn watch(args: WatchArgs) -> Result<u8, CliError> {
     let ids = collect_ids(&args.ids)?;
     let client = Client::new(&args.server)?;
-    let kind: Kind = args.kind.into();
+    let kind: Kind = args.kind;
     let posted = post_all(
         &client,
         kind,

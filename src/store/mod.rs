@@ -18,6 +18,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::model::{Kind, Outcome};
+pub use schedule::Lane;
 
 pub type Millis = i64;
 
@@ -83,7 +84,7 @@ impl WatchRecord {
     pub fn sample(wid: i64) -> WatchRecord {
         WatchRecord {
             wid,
-            kind: Kind::Copy,
+            kind: Kind::COPY,
             job_id: format!("j{wid}"),
             generation: 1,
             webhook_url: None,
@@ -322,11 +323,28 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
         limit: u32,
         lease_until: Millis,
+    ) -> Result<Vec<WatchRecord>> {
+        self.claim_due_watches_in(None, now, limit, lease_until)
+            .await
+    }
+    /// As [`Store::claim_due_watches`], only of the kinds of `lane` (one
+    /// upstream's poller claims its own kinds).
+    async fn claim_due_watches_in(
+        &self,
+        lane: Lane<'_>,
+        now: Millis,
+        limit: u32,
+        lease_until: Millis,
     ) -> Result<Vec<WatchRecord>>;
     /// Running watches whose deadline is at or before `now` (not leased, read only).
     async fn expired_watches(&self, now: Millis, limit: u32) -> Result<Vec<WatchRecord>>;
     /// The earliest next poll or deadline of a running watch.
-    async fn next_wakeup(&self) -> Result<Option<Millis>>;
+    async fn next_wakeup(&self) -> Result<Option<Millis>> {
+        self.next_wakeup_in(None).await
+    }
+    /// The earliest next poll of a running watch of the kinds of `lane`, or
+    /// deadline of any running watch.
+    async fn next_wakeup_in(&self, lane: Lane<'_>) -> Result<Option<Millis>>;
     /// Called once at start. A single-owner store (SQLite) first releases every
     /// lease that a stopped daemon held (its watches and deliveries are due again);
     /// then the polls of overdue watches are spread over `[now, now + spread)` so a

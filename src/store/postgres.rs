@@ -185,22 +185,26 @@ impl Store for PgStore {
         Ok(result)
     }
 
-    async fn claim_due_watches(
+    async fn claim_due_watches_in(
         &self,
+        lane: Lane<'_>,
         now: Millis,
         limit: u32,
         lease_until: Millis,
     ) -> Result<Vec<WatchRecord>> {
+        // NULL kinds: every kind.
         rows::watches(
             sqlx::query_as(&format!(
                 "UPDATE watches SET leased_until = $2, next_poll_at = $2
                  WHERE wid IN (SELECT wid FROM watches WHERE outcome IS NULL AND next_poll_at <= $1
+                               AND ($4::text[] IS NULL OR kind = ANY($4))
                                ORDER BY next_poll_at LIMIT $3 FOR UPDATE SKIP LOCKED)
                  RETURNING {WATCH_COLS}"
             ))
             .bind(now)
             .bind(lease_until)
             .bind(limit as i64)
+            .bind(lane_names(lane))
             .fetch_all(&self.pool)
             .await?,
         )
@@ -219,11 +223,13 @@ impl Store for PgStore {
         )
     }
 
-    async fn next_wakeup(&self) -> Result<Option<Millis>> {
+    async fn next_wakeup_in(&self, lane: Lane<'_>) -> Result<Option<Millis>> {
         Ok(sqlx::query_scalar(
-            "SELECT LEAST((SELECT min(next_poll_at) FROM watches WHERE outcome IS NULL),
+            "SELECT LEAST((SELECT min(next_poll_at) FROM watches WHERE outcome IS NULL
+                           AND ($1::text[] IS NULL OR kind = ANY($1))),
                           (SELECT min(deadline) FROM watches WHERE outcome IS NULL AND deadline IS NOT NULL))",
         )
+        .bind(lane_names(lane))
         .fetch_one(&self.pool)
         .await?)
     }
@@ -555,4 +561,9 @@ impl Store for PgStore {
     async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// The kinds of a lane as a text array parameter (`None`: every kind).
+fn lane_names(lane: Lane<'_>) -> Option<Vec<&'static str>> {
+    lane.map(|kinds| kinds.iter().map(|k| k.as_str()).collect())
 }

@@ -18,6 +18,11 @@
 use std::collections::{BTreeSet, HashMap};
 
 use super::{Millis, UpstreamFields, WatchRecord};
+use crate::model::Kind;
+
+/// Which kinds a claim is for: one upstream's poller claims only its own kinds, so
+/// that watches of a paused upstream never take the room of another's.
+pub type Lane<'a> = Option<&'a [Kind]>;
 
 /// The part of a watch's row that only polling changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,16 +142,21 @@ pub struct Unwritten {
 
 struct Lease {
     until: Millis,
+    /// Its kind's place in `kinds`: an expired lease is due again in its lane.
+    lane: u16,
     /// As the watch was when claimed.
     seen: Option<Seen>,
 }
 
 #[derive(Default)]
 pub struct Schedule {
-    /// Running watches not claimed, by next poll time.
-    due: BTreeSet<(Millis, i64)>,
-    /// wid -> its key in `due`.
-    at: HashMap<i64, Millis>,
+    /// The kinds seen, in order: a watch's lane is its kind's place here (two bytes
+    /// a watch, where the kind itself would be sixteen).
+    kinds: Vec<Kind>,
+    /// Per lane: running watches not claimed, by next poll time.
+    due: Vec<BTreeSet<(Millis, i64)>>,
+    /// wid -> its lane and its key in `due`.
+    at: HashMap<i64, (u16, Millis)>,
     /// Claimed watches, until their result is applied or the lease runs out.
     leased: HashMap<i64, Lease>,
     /// Results applied here and not yet written to the file.
@@ -162,10 +172,11 @@ pub struct Schedule {
 impl Schedule {
     /// A running watch (new, posted again, or read at start) is due at `next`
     /// and ends at `deadline`; whatever was known of it before is forgotten.
-    pub fn add(&mut self, wid: i64, next: Millis, deadline: Option<Millis>) {
+    pub fn add(&mut self, wid: i64, kind: Kind, next: Millis, deadline: Option<Millis>) {
         self.remove(wid);
-        self.due.insert((next, wid));
-        self.at.insert(wid, next);
+        let lane = self.lane_of(kind);
+        self.due[lane as usize].insert((next, wid));
+        self.at.insert(wid, (lane, next));
         if let Some(d) = deadline {
             self.deadlines.insert((d, wid));
             self.deadline_of.insert(wid, d);
@@ -175,8 +186,8 @@ impl Schedule {
     /// The watch ended: it is no longer scheduled, and a result still in flight for
     /// it will not apply.
     pub fn remove(&mut self, wid: i64) {
-        if let Some(next) = self.at.remove(&wid) {
-            self.due.remove(&(next, wid));
+        if let Some((lane, next)) = self.at.remove(&wid) {
+            self.due[lane as usize].remove(&(next, wid));
         }
         self.leased.remove(&wid);
         self.forget_unwritten(wid);
@@ -185,28 +196,58 @@ impl Schedule {
         }
     }
 
-    /// Lease up to `limit` watches due at `now`, earliest first. Leases that ran
-    /// out (a poll abandoned while it waited for the budget) make their watches
-    /// due again first.
-    pub fn claim(&mut self, now: Millis, limit: usize, until: Millis) -> Vec<i64> {
-        let expired: Vec<i64> = self
+    /// The lane of `kind`, made on first sight.
+    fn lane_of(&mut self, kind: Kind) -> u16 {
+        match self.kinds.iter().position(|k| *k == kind) {
+            Some(i) => i as u16,
+            None => {
+                self.kinds.push(kind);
+                self.due.push(BTreeSet::new());
+                (self.kinds.len() - 1) as u16
+            }
+        }
+    }
+
+    /// The lanes of `only` (every lane for `None`).
+    fn lanes(&self, only: Lane) -> Vec<usize> {
+        (0..self.kinds.len())
+            .filter(|i| only.is_none_or(|kinds| kinds.contains(&self.kinds[*i])))
+            .collect()
+    }
+
+    /// Lease up to `limit` watches of the lane `only` due at `now`, earliest first.
+    /// Leases that ran out (a poll abandoned while it waited for the budget) make
+    /// their watches due again first.
+    pub fn claim(&mut self, only: Lane, now: Millis, limit: usize, until: Millis) -> Vec<i64> {
+        let expired: Vec<(i64, u16)> = self
             .leased
             .iter()
             .filter(|(_, l)| l.until <= now)
-            .map(|(wid, _)| *wid)
+            .map(|(wid, l)| (*wid, l.lane))
             .collect();
-        for wid in expired {
+        for (wid, lane) in expired {
             self.leased.remove(&wid);
-            self.due.insert((now, wid));
-            self.at.insert(wid, now);
+            self.due[lane as usize].insert((now, wid));
+            self.at.insert(wid, (lane, now));
         }
+        let lanes = self.lanes(only);
         let mut claimed = Vec::new();
         while claimed.len() < limit {
-            match self.due.first() {
-                Some(&(next, wid)) if next <= now => {
-                    self.due.pop_first();
+            // The earliest due of the lanes asked for (an upstream has a few kinds).
+            let first = lanes
+                .iter()
+                .filter_map(|l| self.due[*l].first().map(|k| (*k, *l)))
+                .min();
+            match first {
+                Some(((next, wid), lane)) if next <= now => {
+                    self.due[lane].pop_first();
                     self.at.remove(&wid);
-                    self.leased.insert(wid, Lease { until, seen: None });
+                    let lease = Lease {
+                        until,
+                        lane: lane as u16,
+                        seen: None,
+                    };
+                    self.leased.insert(wid, lease);
                     claimed.push(wid);
                 }
                 _ => break,
@@ -217,8 +258,8 @@ impl Schedule {
 
     /// A claim that could not be used (its rows could not be read): due again at `at`.
     pub fn unclaim(&mut self, wid: i64, at: Millis) {
-        if self.leased.remove(&wid).is_some() {
-            self.reschedule(wid, Some(at));
+        if let Some(lease) = self.leased.remove(&wid) {
+            self.reschedule_in(wid, Some(lease.lane), Some(at));
         }
     }
 
@@ -253,6 +294,7 @@ impl Schedule {
         let Some(lease) = self.leased.remove(&w.wid) else {
             return false;
         };
+        let lane = lease.lane;
         let before = self.forget_unwritten(w.wid).and_then(|u| u.held);
         // The claim saw the watch with what was held laid over the file.
         let held = match lease.seen {
@@ -269,7 +311,7 @@ impl Schedule {
                 held,
             },
         );
-        self.reschedule(w.wid, w.next_poll_at);
+        self.reschedule_in(w.wid, Some(lane), w.next_poll_at);
         true
     }
 
@@ -292,7 +334,9 @@ impl Schedule {
     /// it ended). The file now holds its bookkeeping.
     pub fn written(&mut self, wid: i64, next: Option<Millis>) {
         self.forget_unwritten(wid);
-        if self.leased.remove(&wid).is_some() || self.at.contains_key(&wid) {
+        if let Some(lease) = self.leased.remove(&wid) {
+            self.reschedule_in(wid, Some(lease.lane), next);
+        } else if self.at.contains_key(&wid) {
             self.reschedule(wid, next);
         }
     }
@@ -305,13 +349,21 @@ impl Schedule {
         }
     }
 
+    /// Due again at `next` (`None`: not scheduled) in its lane, which it keeps
+    /// while claimed (the lease knows it) or scheduled.
     fn reschedule(&mut self, wid: i64, next: Option<Millis>) {
-        if let Some(old) = self.at.remove(&wid) {
-            self.due.remove(&(old, wid));
+        self.reschedule_in(wid, None, next);
+    }
+
+    fn reschedule_in(&mut self, wid: i64, lease_lane: Option<u16>, next: Option<Millis>) {
+        let mut lane = lease_lane;
+        if let Some((l, old)) = self.at.remove(&wid) {
+            self.due[l as usize].remove(&(old, wid));
+            lane = Some(l);
         }
-        if let Some(next) = next {
-            self.due.insert((next, wid));
-            self.at.insert(wid, next);
+        if let (Some(next), Some(lane)) = (next, lane) {
+            self.due[lane as usize].insert((next, wid));
+            self.at.insert(wid, (lane, next));
         }
     }
 
@@ -389,9 +441,12 @@ impl Schedule {
         }
     }
 
-    /// The earliest next poll of a watch not claimed.
-    pub fn next_due(&self) -> Option<Millis> {
-        self.due.first().map(|(at, _)| *at)
+    /// The earliest next poll of a watch of the lane `only` not claimed.
+    pub fn next_due(&self, only: Lane) -> Option<Millis> {
+        self.lanes(only)
+            .into_iter()
+            .filter_map(|l| self.due[l].first().map(|(at, _)| *at))
+            .min()
     }
 
     /// The earliest deadline of a running watch.
@@ -401,7 +456,10 @@ impl Schedule {
 
     /// Watches not claimed whose poll was due before `before`.
     pub fn overdue(&self, before: Millis) -> u64 {
-        self.due.range(..(before, i64::MIN)).count() as u64
+        self.due
+            .iter()
+            .map(|d| d.range(..(before, i64::MIN)).count() as u64)
+            .sum()
     }
 
     /// Running watches known here (claimed or not).
@@ -431,12 +489,12 @@ mod tests {
     fn claims_take_the_earliest_due_watches_once() {
         let mut s = Schedule::default();
         for (wid, next) in [(1, 300), (2, 100), (3, 200), (4, 5_000)] {
-            s.add(wid, next, None);
+            s.add(wid, Kind::COPY, next, None);
         }
-        assert_eq!(s.claim(1_000, 2, 9_000), vec![2, 3]);
-        assert_eq!(s.claim(1_000, 10, 9_000), vec![1]);
-        assert_eq!(s.claim(1_000, 10, 9_000), Vec::<i64>::new());
-        assert_eq!(s.next_due(), Some(5_000));
+        assert_eq!(s.claim(None, 1_000, 2, 9_000), vec![2, 3]);
+        assert_eq!(s.claim(None, 1_000, 10, 9_000), vec![1]);
+        assert_eq!(s.claim(None, 1_000, 10, 9_000), Vec::<i64>::new());
+        assert_eq!(s.next_due(None), Some(5_000));
         assert_eq!(s.len(), 4);
         assert_eq!(s.overdue(1_000), 0, "claimed watches are not overdue");
     }
@@ -451,9 +509,9 @@ mod tests {
     #[test]
     fn a_running_watch_s_results_stay_here_and_reschedule() {
         let mut s = Schedule::default();
-        s.add(1, 0, None);
+        s.add(1, Kind::COPY, 0, None);
         let file = watch(1);
-        assert_eq!(s.claim(10, 1, 1_000), vec![1]);
+        assert_eq!(s.claim(None, 10, 1, 1_000), vec![1]);
         s.claimed(1, Some(&file));
         let mut next = file.clone();
         next.poll_count = 2;
@@ -464,14 +522,14 @@ mod tests {
         assert_eq!(s.unwritten(1).map(|u| u.book.poll_count), Some(2));
         assert!(s.unwritten(1).is_some_and(|u| u.held.is_none()));
         assert_eq!(s.held(), 0, "only bookkeeping changed");
-        assert_eq!(s.next_due(), Some(2_010));
+        assert_eq!(s.next_due(None), Some(2_010));
         assert!(
             !s.note(&next),
             "a second result without a claim does not apply"
         );
 
         // A state change is held too, laid over the file, and counted.
-        assert_eq!(s.claim(3_000, 1, 9_000), vec![1]);
+        assert_eq!(s.claim(None, 3_000, 1, 9_000), vec![1]);
         s.claimed(1, Some(&shown(&s, &file)));
         let mut changed = next.clone();
         changed.state = Some("SUCCESS-ish".into());
@@ -492,14 +550,14 @@ mod tests {
 
         // A later result that changes nothing keeps what was held; one that changes
         // the state again still knows the file's.
-        assert_eq!(s.claim(9_000, 1, 19_000), vec![1]);
+        assert_eq!(s.claim(None, 9_000, 1, 19_000), vec![1]);
         s.claimed(1, Some(&shown(&s, &file)));
         let mut same = shown(&s, &file);
         same.poll_count = 4;
         assert!(s.note(&same));
         assert_eq!(shown(&s, &file).state.as_deref(), Some("SUCCESS-ish"));
         assert_eq!(s.held(), 1);
-        assert_eq!(s.claim(19_000, 1, 29_000), vec![1]);
+        assert_eq!(s.claim(None, 19_000, 1, 29_000), vec![1]);
         s.claimed(1, Some(&shown(&s, &file)));
         let mut again = same.clone();
         again.state = Some("PAUSED".into());
@@ -511,7 +569,7 @@ mod tests {
         );
 
         // An outcome is not held; once written, nothing is left here.
-        assert_eq!(s.claim(29_000, 1, 39_000), vec![1]);
+        assert_eq!(s.claim(None, 29_000, 1, 39_000), vec![1]);
         let mut ended = again.clone();
         ended.outcome = Some(crate::model::Outcome::Succeeded);
         assert!(!s.holds(&ended), "an outcome is written");
@@ -519,44 +577,44 @@ mod tests {
         assert!(s.unwritten(1).is_none());
         assert_eq!(s.held(), 0);
         assert_eq!(s.len(), 0);
-        assert_eq!(s.next_due(), None);
+        assert_eq!(s.next_due(None), None);
     }
 
     #[test]
     fn an_ended_or_reposted_watch_ignores_a_late_result() {
         let mut s = Schedule::default();
-        s.add(1, 0, None);
+        s.add(1, Kind::COPY, 0, None);
         let w = watch(1);
-        s.claim(10, 1, 1_000);
+        s.claim(None, 10, 1, 1_000);
         s.claimed(1, Some(&w));
         s.remove(1); // cancelled while its poll was in flight
         assert!(!s.note(&w));
         assert_eq!(s.len(), 0);
 
-        s.add(2, 0, None);
-        s.claim(10, 1, 1_000);
+        s.add(2, Kind::COPY, 0, None);
+        s.claim(None, 10, 1, 1_000);
         s.claimed(2, Some(&watch(2)));
-        s.add(2, 500, None); // posted again: a new generation
+        s.add(2, Kind::COPY, 500, None); // posted again: a new generation
         assert!(!s.note(&watch(2)));
-        assert_eq!(s.next_due(), Some(500));
+        assert_eq!(s.next_due(None), Some(500));
     }
 
     #[test]
     fn a_lease_that_runs_out_makes_the_watch_due_again() {
         let mut s = Schedule::default();
-        s.add(1, 0, None);
-        assert_eq!(s.claim(10, 1, 100), vec![1]);
-        assert_eq!(s.claim(50, 1, 200), Vec::<i64>::new());
-        assert_eq!(s.claim(100, 1, 200), vec![1]);
+        s.add(1, Kind::COPY, 0, None);
+        assert_eq!(s.claim(None, 10, 1, 100), vec![1]);
+        assert_eq!(s.claim(None, 50, 1, 200), Vec::<i64>::new());
+        assert_eq!(s.claim(None, 100, 1, 200), vec![1]);
     }
 
     #[test]
     fn unwritten_results_survive_a_failed_write_unless_replaced() {
         let mut s = Schedule::default();
         for wid in [1, 2, 3] {
-            s.add(wid, 0, None);
+            s.add(wid, Kind::COPY, 0, None);
         }
-        s.claim(10, 3, 1_000);
+        s.claim(None, 10, 3, 1_000);
         for wid in [1, 2, 3] {
             s.claimed(wid, Some(&watch(wid)));
             let mut w = watch(wid);
@@ -572,7 +630,7 @@ mod tests {
         assert!(s.unwritten(1).is_none());
         assert_eq!(s.held(), 0);
         // Meanwhile watch 1 was polled again (no change), and watch 2 ended.
-        s.claim(10, 1, 1_000);
+        s.claim(None, 10, 1, 1_000);
         let mut w1 = watch(1);
         w1.state = Some("PENDING".into());
         s.claimed(1, Some(&w1));
@@ -592,11 +650,11 @@ mod tests {
     #[test]
     fn deadlines_are_known_until_the_watch_ends() {
         let mut s = Schedule::default();
-        s.add(1, 0, Some(9_000));
-        s.add(2, 0, None);
-        s.add(3, 0, Some(5_000));
+        s.add(1, Kind::COPY, 0, Some(9_000));
+        s.add(2, Kind::COPY, 0, None);
+        s.add(3, Kind::COPY, 0, Some(5_000));
         assert_eq!(s.first_deadline(), Some(5_000));
-        s.claim(10, 3, 1_000);
+        s.claim(None, 10, 3, 1_000);
         assert_eq!(
             s.first_deadline(),
             Some(5_000),
@@ -604,29 +662,50 @@ mod tests {
         );
         s.remove(3);
         assert_eq!(s.first_deadline(), Some(9_000));
-        s.add(1, 0, None); // posted again without a deadline
+        s.add(1, Kind::COPY, 0, None); // posted again without a deadline
         assert_eq!(s.first_deadline(), None);
     }
 
     #[test]
     fn a_moved_poll_moves_unless_claimed() {
         let mut s = Schedule::default();
-        s.add(1, 0, None);
-        s.add(2, 0, None);
-        assert_eq!(s.claim(10, 1, 1_000), vec![1]);
+        s.add(1, Kind::COPY, 0, None);
+        s.add(2, Kind::COPY, 0, None);
+        assert_eq!(s.claim(None, 10, 1, 1_000), vec![1]);
         s.due_at(1, 500); // claimed: its result decides
         s.due_at(2, 700);
         s.due_at(3, 100); // not running: nothing to move
-        assert_eq!(s.next_due(), Some(700));
+        assert_eq!(s.next_due(None), Some(700));
         assert_eq!(s.len(), 2);
-        assert_eq!(s.claim(700, 10, 9_000), vec![2]);
+        assert_eq!(s.claim(None, 700, 10, 9_000), vec![2]);
+    }
+
+    #[test]
+    fn a_claim_for_some_kinds_takes_only_theirs_earliest_first() {
+        let (a, b) = (Kind::intern("lane-a"), Kind::intern("lane-b"));
+        let mut s = Schedule::default();
+        s.add(1, a, 300, None);
+        s.add(2, b, 100, None);
+        s.add(3, Kind::COPY, 50, None);
+        s.add(4, a, 200, None);
+        assert_eq!(s.next_due(Some(&[a])), Some(200));
+        assert_eq!(s.claim(Some(&[a]), 1_000, 10, 2_000), vec![4, 1]);
+        assert_eq!(s.claim(Some(&[a, b]), 1_000, 10, 3_000), vec![2]);
+        assert_eq!(s.next_due(Some(&[a, b])), None);
+        // An expired lease is due again in its own lane only.
+        assert_eq!(s.claim(Some(&[b]), 2_000, 10, 9_000), Vec::<i64>::new());
+        assert_eq!(s.claim(Some(&[a]), 2_000, 10, 9_000), vec![1, 4]);
+        assert_eq!(s.claim(None, 2_000, 10, 9_000), vec![3]);
+        s.unclaim(1, 2_500);
+        assert_eq!(s.next_due(Some(&[a])), Some(2_500));
+        assert_eq!(s.next_due(Some(&[b])), None);
     }
 
     #[test]
     fn overdue_counts_unclaimed_watches_due_before_a_time() {
         let mut s = Schedule::default();
         for wid in 0..10 {
-            s.add(wid, wid * 100, None);
+            s.add(wid, Kind::COPY, wid * 100, None);
         }
         assert_eq!(s.overdue(450), 5);
         assert_eq!(s.overdue(0), 0);

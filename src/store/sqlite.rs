@@ -18,7 +18,7 @@ use super::rows::{
     json_text, new_webhook_id, AttemptRow, DeliveryRow, WatchRow, DELIVERY_COLS, WATCHES_AS_JSON,
     WATCH_COLS,
 };
-use super::schedule::{Schedule, Unwritten};
+use super::schedule::{Lane, Schedule, Unwritten};
 use super::*;
 
 /// The rows bound as `?1` (a JSON array of arrays) as the table `$t`, each row
@@ -236,13 +236,21 @@ impl SqliteStore {
 
     /// Read every running watch's next poll from the file.
     async fn load_schedule(&self) -> Result<()> {
-        let rows: Vec<(i64, Option<i64>, Option<i64>)> =
-            sqlx::query_as("SELECT wid, next_poll_at, deadline FROM watches WHERE outcome IS NULL")
-                .fetch_all(&self.reader)
-                .await?;
+        let rows: Vec<(i64, String, Option<i64>, Option<i64>)> = sqlx::query_as(
+            "SELECT wid, kind, next_poll_at, deadline FROM watches WHERE outcome IS NULL",
+        )
+        .fetch_all(&self.reader)
+        .await?;
         let mut fresh = Schedule::default();
-        for (wid, next, deadline) in rows {
-            fresh.add(wid, next.unwrap_or(0), deadline);
+        let mut kind: Option<Kind> = None;
+        for (wid, name, next, deadline) in rows {
+            // Rows come in rowid order: neighbours mostly share a kind.
+            let k = match kind {
+                Some(k) if k.as_str() == name => k,
+                _ => name.parse::<Kind>().map_err(StoreError::Corrupt)?,
+            };
+            kind = Some(k);
+            fresh.add(wid, k, next.unwrap_or(0), deadline);
         }
         *self.schedule() = fresh;
         Ok(())
@@ -719,7 +727,7 @@ impl Store for SqliteStore {
         tx.commit().await?;
         let mut schedule = self.schedule();
         for (wid, next) in &started {
-            schedule.add(*wid, *next, new.deadline);
+            schedule.add(*wid, new.kind, *next, new.deadline);
         }
         let started = started.len() as u64;
         Ok(Ingested {
@@ -820,13 +828,16 @@ impl Store for SqliteStore {
         Ok(result)
     }
 
-    async fn claim_due_watches(
+    async fn claim_due_watches_in(
         &self,
+        lane: Lane<'_>,
         now: Millis,
         limit: u32,
         lease_until: Millis,
     ) -> Result<Vec<WatchRecord>> {
-        let wids = self.schedule().claim(now, limit as usize, lease_until);
+        let wids = self
+            .schedule()
+            .claim(lane, now, limit as usize, lease_until);
         if wids.is_empty() {
             return Ok(Vec::new());
         }
@@ -888,10 +899,10 @@ impl Store for SqliteStore {
         self.current_rows(&rows)
     }
 
-    async fn next_wakeup(&self) -> Result<Option<Millis>> {
+    async fn next_wakeup_in(&self, lane: Lane<'_>) -> Result<Option<Millis>> {
         // Claimed watches are being polled: their next poll is not due yet.
         let schedule = self.schedule();
-        Ok(match (schedule.next_due(), schedule.first_deadline()) {
+        Ok(match (schedule.next_due(lane), schedule.first_deadline()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         })

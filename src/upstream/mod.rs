@@ -383,11 +383,11 @@ mod tests {
         .unwrap();
         let c = UpstreamClient::new(&settings.upstream).unwrap();
         assert_eq!(
-            c.status_url(Kind::Copy, "myorg:my-product"),
+            c.status_url(Kind::COPY, "myorg:my-product"),
             "http://h/vector/v2/products/myorg%3Amy-product/search/copy/status"
         );
         assert_eq!(
-            c.status_url(Kind::Delete, "a.b_c"),
+            c.status_url(Kind::DELETE, "a.b_c"),
             "http://h/vector/v2/products/a.b_c/search/delete/status"
         );
     }
@@ -480,8 +480,8 @@ mod tests {
         )
         .await;
         let c = client(&base);
-        assert_eq!(state(c.poll(Kind::Copy, "j1").await), "TOKEN");
-        assert_eq!(state(c.poll(Kind::Copy, "away").await), "NO_TOKEN");
+        assert_eq!(state(c.poll(Kind::COPY, "j1").await), "TOKEN");
+        assert_eq!(state(c.poll(Kind::COPY, "away").await), "NO_TOKEN");
     }
 
     fn has_token(headers: &HeaderMap) -> bool {
@@ -531,11 +531,11 @@ mod tests {
         let c = UpstreamClient::new(&settings.upstream).unwrap();
         let json_api = "application/vnd.api+json";
         assert_eq!(
-            state(c.poll(Kind::Copy, "j1").await),
+            state(c.poll(Kind::COPY, "j1").await),
             format!("{json_api} {json_api} jobwatch-test/1 Bearer t0ken")
         );
         assert_eq!(
-            state(c.poll(Kind::Copy, "away").await),
+            state(c.poll(Kind::COPY, "away").await),
             format!("{json_api} {json_api} jobwatch-test/1 NONE")
         );
     }
@@ -545,11 +545,11 @@ mod tests {
         let (base, elsewhere) = origin_and_elsewhere(host_doc).await;
         let c = client(&format!("{base}/vector/v2"));
         assert_eq!(
-            state(c.poll(Kind::Copy, "j1").await),
+            state(c.poll(Kind::COPY, "j1").await),
             base.trim_start_matches("http://")
         );
         assert_eq!(
-            state(c.poll(Kind::Copy, "away").await),
+            state(c.poll(Kind::COPY, "away").await),
             elsewhere.trim_start_matches("http://")
         );
     }
@@ -585,7 +585,7 @@ mod tests {
             "",
         )
         .await;
-        match client(&base).poll(Kind::Copy, "big").await {
+        match client(&base).poll(Kind::COPY, "big").await {
             PollAnswer::Transient { error } => {
                 assert!(error.starts_with("reading the answer failed"), "{error}")
             }
@@ -597,7 +597,7 @@ mod tests {
     fn an_https_upstream_gets_a_tls_client() {
         let c = client("https://upstream.example/vector/v2");
         assert_eq!(
-            c.status_url(Kind::Copy, "x"),
+            c.status_url(Kind::COPY, "x"),
             "https://upstream.example/vector/v2/products/x/search/copy/status"
         );
     }

@@ -27,7 +27,7 @@ async fn store(db: &Path) -> SqliteStore {
 async fn post(store: &SqliteStore, ids: &[&str], now: i64) {
     store
         .insert_watches(&NewWatches {
-            kind: Kind::Copy,
+            kind: Kind::COPY,
             ids: ids.iter().map(|s| s.to_string()).collect(),
             webhook_url: Some("http://127.0.0.1:9/hook".into()),
             metadata: None,
@@ -83,7 +83,7 @@ fn ended(w: &WatchRecord, polls: i64, at: i64, urls: &[&str]) -> WatchUpdate {
 
 async fn watch(store: &SqliteStore, id: &str) -> WatchRecord {
     store
-        .get_watch(Kind::Copy, id)
+        .get_watch(Kind::COPY, id)
         .await
         .expect("get")
         .expect("the watch exists")

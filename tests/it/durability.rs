@@ -285,7 +285,7 @@ async fn pruning_goes_in_small_batches_that_let_other_writes_through() {
 
 fn new_watches(ids: Vec<String>, now: i64) -> NewWatches {
     NewWatches {
-        kind: Kind::Copy,
+        kind: Kind::COPY,
         ids,
         webhook_url: None,
         metadata: None,
@@ -484,7 +484,7 @@ async fn sigterm_lets_in_flight_polls_and_deliveries_finish_commits_them_and_exi
     assert_eq!(delivered.len(), 1, "the slow delivery completed");
     let store = open_store(&db).await;
     let w = store
-        .get_watch(Kind::Delete, "running-term")
+        .get_watch(Kind::DELETE, "running-term")
         .await
         .unwrap()
         .expect("stored");
@@ -492,7 +492,7 @@ async fn sigterm_lets_in_flight_polls_and_deliveries_finish_commits_them_and_exi
     assert_eq!(w.state.as_deref(), Some("RUNNING"));
     assert_eq!(sim.sim.polls_of("delete", "running-term"), 1);
     let s = store
-        .get_watch(Kind::Copy, "succeed-term")
+        .get_watch(Kind::COPY, "succeed-term")
         .await
         .unwrap()
         .expect("stored");
@@ -545,7 +545,7 @@ async fn sigint_past_the_grace_exits_0_and_the_cut_delivery_is_sent_after_restar
     // Not delivered, and not lost: still pending in the file, never attempted.
     let store = open_store(&db).await;
     let w = store
-        .get_watch(Kind::Copy, "succeed-int")
+        .get_watch(Kind::COPY, "succeed-int")
         .await
         .unwrap()
         .expect("stored");
@@ -664,12 +664,12 @@ async fn a_removed_database_file_gives_503_until_it_is_back() {
     // What was acknowledged is in the file at the path, not in the one moved away.
     let store = open_store(&db).await;
     for id in ["succeed-before-0", "succeed-after-0", "succeed-restored-4"] {
-        let w = store.get_watch(Kind::Copy, id).await.unwrap();
+        let w = store.get_watch(Kind::COPY, id).await.unwrap();
         assert_eq!(w.and_then(|w| w.outcome), Some(Outcome::Succeeded), "{id}");
     }
     for id in ["succeed-during-0", "succeed-gone-0"] {
         assert!(
-            store.get_watch(Kind::Copy, id).await.unwrap().is_none(),
+            store.get_watch(Kind::COPY, id).await.unwrap().is_none(),
             "{id}"
         );
     }
@@ -999,7 +999,7 @@ async fn running_results_are_shown_at_once_and_written_at_the_checkpoint() {
     );
     // Shown at once and counted by state, but held in memory like bookkeeping...
     let shown = store
-        .get_watch(Kind::Copy, "book-0")
+        .get_watch(Kind::COPY, "book-0")
         .await
         .unwrap()
         .unwrap();
@@ -1050,7 +1050,7 @@ async fn running_results_are_shown_at_once_and_written_at_the_checkpoint() {
         vec![true, true]
     );
     let shown = store
-        .get_watch(Kind::Copy, "book-0")
+        .get_watch(Kind::COPY, "book-0")
         .await
         .unwrap()
         .unwrap();
@@ -1215,7 +1215,7 @@ async fn a_cancelled_watch_keeps_the_state_it_was_last_seen_in() {
     let in_file = "SELECT count(*) FROM watches WHERE state = 'RUNNING' AND poll_count = 1";
     assert_eq!(count(&mut conn, in_file).await, 0, "held in memory");
     let cancelled = store
-        .cancel_watch(Kind::Copy, "gone-0", t0 + 2000)
+        .cancel_watch(Kind::COPY, "gone-0", t0 + 2000)
         .await
         .unwrap();
     let jobwatch::store::Cancelled::Now(w) = cancelled else {
