@@ -112,6 +112,8 @@ impl Daemon {
             settings: settings.clone(),
             signals,
             budget,
+            // The Vector API v2 kinds, as before `[[upstreams]]` (issue 17).
+            kinds: vec![crate::model::Kind::COPY, crate::model::Kind::DELETE],
             started: Instant::now(),
             shutdown: shutdown.clone(),
         });

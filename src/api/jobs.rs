@@ -97,9 +97,9 @@ async fn create(
                 "`kind` is required: \"copy\" or \"delete\"",
             ))
         }
-        Some(k) => k
-            .parse()
-            .map_err(|e: String| ApiError::unprocessable("unknown_kind", e))?,
+        Some(k) => state
+            .kind(k)
+            .map_err(|e| ApiError::unprocessable("unknown_kind", e))?,
     };
     let ids = parsed.ids.ok_or_else(|| {
         ApiError::bad_request("missing_ids", "`ids` is required: a list of job ids")
@@ -210,10 +210,10 @@ async fn create(
     ))
 }
 
-fn parse_key(kind: &str, id: &str) -> ApiResult<Kind> {
-    let kind: Kind = kind
-        .parse()
-        .map_err(|e: String| ApiError::bad_request("unknown_kind", e))?;
+fn parse_key(state: &SharedState, kind: &str, id: &str) -> ApiResult<Kind> {
+    let kind = state
+        .kind(kind)
+        .map_err(|e| ApiError::bad_request("unknown_kind", e))?;
     check_id(id).map_err(|e| ApiError::bad_request("invalid_id", e))?;
     Ok(kind)
 }
@@ -247,7 +247,7 @@ async fn show(
     Path((kind, id)): Path<(String, String)>,
     query: Result<Query<ShowQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<Value>> {
-    let kind = parse_key(&kind, &id)?;
+    let kind = parse_key(&state, &kind, &id)?;
     let Query(query) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let wait = match query.wait {
         None => Duration::ZERO,
@@ -334,7 +334,7 @@ async fn list(
     let filter = ListFilter {
         kind: q
             .kind
-            .map(|k| k.parse::<Kind>())
+            .map(|k| state.kind(&k))
             .transpose()
             .map_err(|e| ApiError::bad_request("unknown_kind", e))?,
         state: q.state.filter(|s| !s.is_empty()),
@@ -402,7 +402,7 @@ async fn cancel(
     State(state): State<SharedState>,
     Path((kind, id)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    let kind = parse_key(&kind, &id)?;
+    let kind = parse_key(&state, &kind, &id)?;
     match state.store.cancel_watch(kind, &id, now_ms()).await? {
         Cancelled::Now(w) => {
             let _ = state.signals.finished.send(w.wid);

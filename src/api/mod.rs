@@ -34,12 +34,31 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub signals: Arc<Signals>,
     pub budget: Arc<Budget>,
+    /// The kinds a request may name: those of the configured upstreams.
+    pub kinds: Vec<crate::model::Kind>,
     pub started: Instant,
     /// Cancelled at shutdown: long-polls return early.
     pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 pub type SharedState = Arc<AppState>;
+
+impl AppState {
+    /// The configured kind named `name`; never interns a client's string.
+    pub fn kind(&self, name: &str) -> Result<crate::model::Kind, String> {
+        self.kinds
+            .iter()
+            .find(|k| k.as_str() == name)
+            .copied()
+            .ok_or_else(|| {
+                let known: Vec<String> = self.kinds.iter().map(|k| format!("{k:?}")).collect();
+                format!(
+                    "unknown kind {name:?}: the configured kinds are {}",
+                    known.join(", ")
+                )
+            })
+    }
+}
 
 pub fn router(state: SharedState) -> Router {
     let v1 = Router::new()
