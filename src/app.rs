@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, UpstreamState};
 use crate::config::Settings;
 use crate::poller::budget::{Budget, BudgetSettings};
 use crate::poller::Poller;
@@ -25,7 +25,8 @@ pub struct Daemon {
     listener: TcpListener,
     store: DynStore,
     signals: Arc<Signals>,
-    budget: Arc<Budget>,
+    /// One budget per upstream, in the order of `settings.resolved`.
+    budgets: Vec<Arc<Budget>>,
 }
 
 impl Daemon {
@@ -39,22 +40,28 @@ impl Daemon {
         let listener = TcpListener::bind(settings.api.listen)
             .await
             .with_context(|| format!("api.listen: cannot listen on {}", settings.api.listen))?;
-        let u = &settings.upstream;
-        let budget = Arc::new(Budget::new(BudgetSettings {
-            max_requests_per_second: u.max_requests_per_second,
-            burst: u.burst,
-            max_in_flight: u.max_in_flight,
-            min_retry_after: u.min_retry_after,
-            max_retry_after: u.max_retry_after,
-            auth_probe_interval: u.auth_probe_interval,
-            rate_recovery_step: u.rate_recovery_step,
-        }));
+        let budgets = settings
+            .resolved
+            .iter()
+            .map(|d| {
+                let u = &d.settings;
+                Arc::new(Budget::new(BudgetSettings {
+                    max_requests_per_second: u.max_requests_per_second,
+                    burst: u.burst,
+                    max_in_flight: u.max_in_flight,
+                    min_retry_after: u.min_retry_after,
+                    max_retry_after: u.max_retry_after,
+                    auth_probe_interval: u.auth_probe_interval,
+                    rate_recovery_step: u.rate_recovery_step,
+                }))
+            })
+            .collect();
         Ok(Daemon {
             settings: Arc::new(settings),
             listener,
             store,
             signals: Signals::new(),
-            budget,
+            budgets,
         })
     }
 
@@ -70,25 +77,49 @@ impl Daemon {
             listener,
             store,
             signals,
-            budget,
+            budgets,
         } = self;
         let (writer, writer_done) = writer::spawn(store.clone(), signals.clone());
-        let client = Arc::new(
-            UpstreamClient::new(&settings.upstream).context("building the upstream HTTP client")?,
-        );
-        let poller = Arc::new(Poller::new(
-            &settings,
-            store.clone(),
-            client,
-            budget.clone(),
-            writer.clone(),
-            signals.clone(),
-            shutdown.clone(),
-        ));
-        poller
-            .recover(now_ms(), settings.upstream.max_requests_per_second)
-            .await
-            .context("releasing leases and spreading overdue polls")?;
+        // One client, budget and poller per upstream; the first also ends the
+        // watches of every kind whose deadline passed.
+        let mut pollers = Vec::new();
+        let mut upstreams = Vec::new();
+        for (i, (def, budget)) in settings.resolved.iter().zip(&budgets).enumerate() {
+            let client =
+                Arc::new(UpstreamClient::new(def).with_context(|| {
+                    format!("building the HTTP client of upstream {:?}", def.name)
+                })?);
+            upstreams.push(UpstreamState {
+                name: def.name.clone(),
+                base_url: redact_url(def.settings.base_url.as_str()),
+                kinds: client.kinds().collect(),
+                budget: budget.clone(),
+            });
+            pollers.push(Arc::new(Poller::new(
+                &settings,
+                def,
+                store.clone(),
+                client,
+                budget.clone(),
+                writer.clone(),
+                signals.clone(),
+                shutdown.clone(),
+                i == 0,
+            )));
+        }
+        // Leases are released and overdue polls spread once, over the rate of
+        // every upstream together.
+        let rate: f64 = settings
+            .resolved
+            .iter()
+            .map(|d| d.settings.max_requests_per_second)
+            .sum();
+        if let Some(first) = pollers.first() {
+            first
+                .recover(now_ms(), rate)
+                .await
+                .context("releasing leases and spreading overdue polls")?;
+        }
         let dispatcher = Arc::new(
             Dispatcher::new(&settings.webhooks, store.clone(), writer, signals.clone())
                 .context("building the webhook HTTP client")?,
@@ -96,7 +127,9 @@ impl Daemon {
 
         let tasks = TaskTracker::new();
         let loops = TaskTracker::new();
-        loops.spawn(poller.run(shutdown.clone(), tasks.clone()));
+        for poller in pollers {
+            loops.spawn(poller.run(shutdown.clone(), tasks.clone()));
+        }
         loops.spawn(dispatcher.run(shutdown.clone(), tasks.clone()));
         let pruner = Arc::new(Pruner::new(store.clone(), settings.store.retention));
         loops.spawn(pruner.run(shutdown.clone()));
@@ -111,14 +144,17 @@ impl Daemon {
             store: store.clone(),
             settings: settings.clone(),
             signals,
-            budget,
-            // The Vector API v2 kinds, as before `[[upstreams]]` (issue 17).
-            kinds: vec![crate::model::Kind::COPY, crate::model::Kind::DELETE],
+            kinds: upstreams
+                .iter()
+                .flat_map(|u| u.kinds.iter().copied())
+                .collect(),
+            upstreams,
             started: Instant::now(),
             shutdown: shutdown.clone(),
         });
         let addr = listener.local_addr()?;
-        tracing::info!(%addr, store = %redact_url(&settings.store.url), upstream = %settings.upstream.base_url, "jobwatch is serving");
+        let names: Vec<&str> = settings.resolved.iter().map(|d| d.name.as_str()).collect();
+        tracing::info!(%addr, store = %redact_url(&settings.store.url), upstreams = ?names, "jobwatch is serving");
         let server = axum::serve(listener, api::router(state))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         let served = server.await;

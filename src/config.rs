@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::upstream::kinds::{KindDef, KindSpec};
+use crate::upstream::preset::preset;
 use crate::webhook::sign::SigningSecret;
 
 /// The embedded defaults, also the reference documentation of every setting.
@@ -19,12 +21,12 @@ pub enum ConfigError {
     #[error("configuration: {0}")]
     Load(#[from] config::ConfigError),
     #[error("configuration: setting `{key}`: {message}")]
-    Invalid { key: &'static str, message: String },
+    Invalid { key: String, message: String },
 }
 
-fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
-        key,
+        key: key.into(),
         message: message.into(),
     }
 }
@@ -55,9 +57,59 @@ pub struct Settings {
     pub api: ApiSettings,
     pub store: StoreSettings,
     pub upstream: UpstreamSettings,
+    /// More upstreams, each with its own kinds and budget (`[[upstreams]]`).
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamEntry>,
     pub poller: PollerSettings,
     pub webhooks: WebhookSettings,
     pub log: LogSettings,
+    /// Every upstream, resolved and checked at load: `[upstream]` as the `vector`
+    /// preset, then each `[[upstreams]]` entry.
+    #[serde(skip)]
+    pub resolved: Vec<UpstreamDef>,
+}
+
+/// One `[[upstreams]]` entry: a preset or kinds of its own, where to ask, with
+/// which credentials, within which budget. Unset budget settings are those of
+/// `[upstream]`; the token never is.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamEntry {
+    pub name: String,
+    pub preset: Option<String>,
+    pub base_url: Option<url::Url>,
+    pub token: Option<Secret>,
+    /// An environment variable that holds the token (instead of `token`).
+    pub token_env: Option<String>,
+    /// The header that carries the token as it is; unset: `Authorization: Bearer <token>`.
+    pub auth_header: Option<String>,
+    /// Request headers, over the preset's.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    pub max_requests_per_second: Option<f64>,
+    pub burst: Option<u32>,
+    pub max_in_flight: Option<usize>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub request_timeout: Option<Duration>,
+    pub user_agent: Option<String>,
+    /// Kinds of its own; with a preset, they replace the preset's.
+    pub kinds: Option<Vec<KindSpec>>,
+    /// New names for the preset's kinds (kind names are global): `{ batch = "batch-eu" }`.
+    #[serde(default)]
+    pub rename: std::collections::BTreeMap<String, String>,
+}
+
+/// An upstream ready to build: its settings (the budget, timeouts and credentials
+/// of `[upstream]`, with the entry's own), its headers and its kinds.
+#[derive(Debug, Clone)]
+pub struct UpstreamDef {
+    pub name: String,
+    pub settings: UpstreamSettings,
+    /// The header that carries the token as it is; `None`: `Authorization: Bearer`.
+    pub auth_header: Option<http::HeaderName>,
+    /// Sent with every request, in this order, before the User-Agent.
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub kinds: Vec<KindDef>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -198,8 +250,9 @@ impl Settings {
         for (key, value) in overrides {
             builder = builder.set_override(*key, *value)?;
         }
-        let settings: Settings = builder.build()?.try_deserialize()?;
+        let mut settings: Settings = builder.build()?.try_deserialize()?;
         settings.validate()?;
+        settings.resolved = settings.resolve_upstreams()?;
         Ok(settings)
     }
 
@@ -235,37 +288,7 @@ impl Settings {
                 "must start with sqlite:// or postgres://",
             ));
         }
-        let up = &self.upstream;
-        if !matches!(up.base_url.scheme(), "http" | "https") {
-            return Err(invalid("upstream.base_url", "must be an http or https URL"));
-        }
-        if !(up.max_requests_per_second.is_finite() && up.max_requests_per_second > 0.0) {
-            return Err(invalid(
-                "upstream.max_requests_per_second",
-                "must be a number above 0",
-            ));
-        }
-        if up.burst == 0 {
-            return Err(invalid("upstream.burst", "must be at least 1"));
-        }
-        if up.max_in_flight == 0 {
-            return Err(invalid("upstream.max_in_flight", "must be at least 1"));
-        }
-        if up.request_timeout.is_zero() {
-            return Err(invalid("upstream.request_timeout", "must be above 0"));
-        }
-        if up.min_retry_after > up.max_retry_after {
-            return Err(invalid(
-                "upstream.min_retry_after",
-                "must not exceed upstream.max_retry_after",
-            ));
-        }
-        if up.error_backoff_base.is_zero() || up.error_backoff_base > up.error_backoff_max {
-            return Err(invalid(
-                "upstream.error_backoff_base",
-                "must be above 0 and at most upstream.error_backoff_max",
-            ));
-        }
+        check_upstream("upstream", &self.upstream)?;
         if self.store.checkpoint_interval.is_zero() {
             return Err(invalid("store.checkpoint_interval", "must be above 0"));
         }
@@ -326,6 +349,219 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+impl Settings {
+    /// `[upstream]` as the `vector` upstream (unless an entry takes its place), then
+    /// each `[[upstreams]]` entry; names and kind names must be unique.
+    fn resolve_upstreams(&self) -> Result<Vec<UpstreamDef>, ConfigError> {
+        let replaced = self
+            .upstreams
+            .iter()
+            .any(|e| e.name == "vector" || e.preset.as_deref() == Some("vector"));
+        let mut defs = Vec::new();
+        if !replaced {
+            let vector = preset("vector").map_err(|e| invalid("upstream", e))?;
+            defs.push(UpstreamDef {
+                name: "vector".into(),
+                settings: self.upstream.clone(),
+                auth_header: None,
+                headers: headers("upstream", &vector.headers)?,
+                kinds: kinds("upstream", &vector.kinds)?,
+            });
+        }
+        for (i, e) in self.upstreams.iter().enumerate() {
+            defs.push(self.resolve_entry(i, e)?);
+        }
+        let mut names = std::collections::HashMap::new();
+        let mut kind_owner = std::collections::HashMap::new();
+        for d in &defs {
+            if names.insert(d.name.as_str(), ()).is_some() {
+                return Err(invalid(
+                    "upstreams.name",
+                    format!("{:?} names two upstreams; give each its own name", d.name),
+                ));
+            }
+            for k in &d.kinds {
+                if let Some(other) = kind_owner.insert(k.kind, d.name.as_str()) {
+                    return Err(invalid(
+                        "upstreams.kinds.name",
+                        format!(
+                            "kind {:?} is configured by upstreams {other:?} and {:?}; kind names are global (rename one with `rename = {{ {} = \"...\" }}`)",
+                            k.kind.as_str(),
+                            d.name,
+                            k.kind.as_str()
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(defs)
+    }
+
+    fn resolve_entry(&self, i: usize, e: &UpstreamEntry) -> Result<UpstreamDef, ConfigError> {
+        let key = |field: &str| format!("upstreams[{i}].{field}");
+        crate::model::check_kind_name(&e.name)
+            .map_err(|m| invalid(key("name"), m.replace("kind", "upstream")))?;
+        let preset = match &e.preset {
+            Some(p) => Some(preset(p).map_err(|m| invalid(key("preset"), m))?),
+            None => None,
+        };
+        let mut settings = self.upstream.clone();
+        settings.base_url = match (
+            e.base_url.clone(),
+            preset.as_ref().and_then(|p| p.base_url.clone()),
+        ) {
+            (Some(u), _) | (None, Some(u)) => u,
+            (None, None) => {
+                return Err(invalid(
+                    key("base_url"),
+                    format!(
+                        "upstream {:?} needs a base_url (its preset has none)",
+                        e.name
+                    ),
+                ))
+            }
+        };
+        settings.token = match (&e.token, &e.token_env) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    key("token_env"),
+                    "give token or token_env, not both",
+                ))
+            }
+            (Some(t), None) => Some(t.clone()),
+            (None, Some(var)) => Some(Secret::new(std::env::var(var).map_err(|_| {
+                invalid(
+                    key("token_env"),
+                    format!("the environment variable {var:?} is not set (or not UTF-8)"),
+                )
+            })?)),
+            (None, None) => None,
+        };
+        if let Some(v) = e.max_requests_per_second {
+            settings.max_requests_per_second = v;
+        }
+        if let Some(v) = e.burst {
+            settings.burst = v;
+        }
+        if let Some(v) = e.max_in_flight {
+            settings.max_in_flight = v;
+        }
+        if let Some(v) = e.request_timeout {
+            settings.request_timeout = v;
+        }
+        if let Some(v) = &e.user_agent {
+            settings.user_agent = v.clone();
+        }
+        check_upstream(&format!("upstreams[{i}]"), &settings)?;
+        let mut header_table = preset
+            .as_ref()
+            .map(|p| p.headers.clone())
+            .unwrap_or_default();
+        header_table.extend(e.headers.clone());
+        let mut specs = match (&e.kinds, &preset) {
+            (Some(k), _) => k.clone(),
+            (None, Some(p)) => p.kinds.clone(),
+            (None, None) => {
+                return Err(invalid(
+                    key("kinds"),
+                    format!("upstream {:?} has neither a preset nor kinds", e.name),
+                ))
+            }
+        };
+        for (from, to) in &e.rename {
+            let spec = specs.iter_mut().find(|k| &k.name == from).ok_or_else(|| {
+                invalid(
+                    key("rename"),
+                    format!("upstream {:?} has no kind {from:?}", e.name),
+                )
+            })?;
+            spec.name = to.clone();
+        }
+        let auth_header =
+            match &e.auth_header {
+                Some(h) => Some(http::HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
+                    invalid(key("auth_header"), format!("{h:?} is not a header name"))
+                })?),
+                None => None,
+            };
+        Ok(UpstreamDef {
+            name: e.name.clone(),
+            settings,
+            auth_header,
+            headers: headers(&key("headers"), &header_table)?,
+            kinds: kinds(&key("kinds"), &specs)?,
+        })
+    }
+}
+
+fn headers(
+    key: &str,
+    table: &std::collections::BTreeMap<String, String>,
+) -> Result<Vec<(http::HeaderName, http::HeaderValue)>, ConfigError> {
+    // The content type second, as the Vector client sends it: a preset's table is
+    // sorted by name, and these two come first in that order anyway.
+    table
+        .iter()
+        .map(|(name, value)| {
+            let n = http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| invalid(key, format!("{name:?} is not a header name")))?;
+            let v = http::HeaderValue::from_str(value).map_err(|_| {
+                invalid(key, format!("the value of {name:?} is not a header value"))
+            })?;
+            Ok((n, v))
+        })
+        .collect()
+}
+
+fn kinds(key: &str, specs: &[KindSpec]) -> Result<Vec<KindDef>, ConfigError> {
+    if specs.is_empty() {
+        return Err(invalid(key, "an upstream needs at least one kind"));
+    }
+    specs
+        .iter()
+        .map(|k| KindDef::new(k).map_err(|m| invalid(key, m)))
+        .collect()
+}
+
+/// The checks of an upstream's settings, `[upstream]` or an entry's resolved ones.
+fn check_upstream(key: &str, up: &UpstreamSettings) -> Result<(), ConfigError> {
+    let k = |field: &str| format!("{key}.{field}");
+    if !matches!(up.base_url.scheme(), "http" | "https") {
+        return Err(invalid(k("base_url"), "must be an http or https URL"));
+    }
+    if !(up.max_requests_per_second.is_finite() && up.max_requests_per_second > 0.0) {
+        return Err(invalid(
+            k("max_requests_per_second"),
+            "must be a number above 0",
+        ));
+    }
+    if up.burst == 0 {
+        return Err(invalid(k("burst"), "must be at least 1"));
+    }
+    if up.max_in_flight == 0 {
+        return Err(invalid(k("max_in_flight"), "must be at least 1"));
+    }
+    if up.request_timeout.is_zero() {
+        return Err(invalid(k("request_timeout"), "must be above 0"));
+    }
+    if up.min_retry_after > up.max_retry_after {
+        return Err(invalid(
+            k("min_retry_after"),
+            format!("must not exceed {key}.max_retry_after"),
+        ));
+    }
+    if up.error_backoff_base.is_zero() || up.error_backoff_base > up.error_backoff_max {
+        return Err(invalid(
+            k("error_backoff_base"),
+            format!("must be above 0 and at most {key}.error_backoff_max"),
+        ));
+    }
+    if http::HeaderValue::from_str(&up.user_agent).is_err() {
+        return Err(invalid(k("user_agent"), "is not a header value"));
+    }
+    Ok(())
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -27,6 +27,8 @@ use crate::upstream::PollAnswer;
 pub const POLLS: &str = "jobwatch_polls_total";
 /// Seconds from sending a status request to its answer (or failure).
 pub const UPSTREAM_LATENCY: &str = "jobwatch_upstream_request_duration_seconds";
+/// Status requests by upstream and result (the same results as [`POLLS`]).
+pub const UPSTREAM_POLLS: &str = "jobwatch_upstream_polls_total";
 /// Answers that paused every poll: 429, or 503 with Retry-After.
 pub const RATE_LIMITED: &str = "jobwatch_upstream_rate_limited_total";
 /// Outcomes stored by polls and deadlines (cancellations by clients are not events).
@@ -103,6 +105,10 @@ pub fn install() -> Option<&'static PrometheusHandle> {
 /// the start (a missing series reads as "no data", not as zero).
 fn describe() {
     describe_counter!(POLLS, "Status requests sent upstream, by result: status (200 with a document), not_found (404), rejected (400/422), unauthorized (401/403), rate_limited (429, or 503 with Retry-After), transient (other 5xx, timeouts, connection errors, unparsable bodies).");
+    describe_counter!(
+        UPSTREAM_POLLS,
+        "Status requests sent, by upstream and by result (as jobwatch_polls_total)."
+    );
     describe_histogram!(
         UPSTREAM_LATENCY,
         ::metrics::Unit::Seconds,
@@ -155,27 +161,39 @@ fn poll_result_index(answer: &PollAnswer) -> usize {
     }
 }
 
-/// The handles [`poll_answered`] counts with, looked up once: a lookup by name
-/// and label hashes both, and it ran for every poll.
-struct PollHandles {
+/// The handles one upstream's polls count with, looked up once (a lookup by name
+/// and label hashes both, and it ran for every poll). Made with the upstream's
+/// client, after the daemon installed the recorder.
+pub struct PollMetrics {
     polls: [Counter; POLL_RESULTS.len()],
+    by_upstream: [Counter; POLL_RESULTS.len()],
     latency: Histogram,
 }
 
-static POLL_HANDLES: OnceLock<PollHandles> = OnceLock::new();
+impl PollMetrics {
+    pub fn new(upstream: &str) -> PollMetrics {
+        let name = upstream.to_string();
+        PollMetrics {
+            polls: POLL_RESULTS.map(|result| counter!(POLLS, "result" => result)),
+            by_upstream: POLL_RESULTS.map(|result| {
+                let c = counter!(UPSTREAM_POLLS, "upstream" => name.clone(), "result" => result);
+                c.increment(0);
+                c
+            }),
+            latency: histogram!(UPSTREAM_LATENCY),
+        }
+    }
 
-/// One status request came back (`took`: from send to answer). The handles are
-/// taken at the first poll, after the daemon installed the recorder.
-pub fn poll_answered(answer: &PollAnswer, took: Duration) {
-    let h = POLL_HANDLES.get_or_init(|| PollHandles {
-        polls: POLL_RESULTS.map(|result| counter!(POLLS, "result" => result)),
-        latency: histogram!(UPSTREAM_LATENCY),
-    });
-    h.polls[poll_result_index(answer)].increment(1);
-    h.latency.record(took.as_secs_f64());
-    if let PollAnswer::RateLimited { status, .. } = answer {
-        let status = if *status == 503 { "503" } else { "429" };
-        counter!(RATE_LIMITED, "status" => status).increment(1);
+    /// One status request came back (`took`: from send to answer).
+    pub fn answered(&self, answer: &PollAnswer, took: Duration) {
+        let i = poll_result_index(answer);
+        self.polls[i].increment(1);
+        self.by_upstream[i].increment(1);
+        self.latency.record(took.as_secs_f64());
+        if let PollAnswer::RateLimited { status, .. } = answer {
+            let status = if *status == 503 { "503" } else { "429" };
+            counter!(RATE_LIMITED, "status" => status).increment(1);
+        }
     }
 }
 
@@ -211,8 +229,9 @@ const KNOWN_STATES: [&str; 6] = ["PENDING", "RUNNING", "DONE", "SUCCESS", "FAILE
 pub fn render(
     handle: Option<&PrometheusHandle>,
     counts: Option<&Counts>,
-    health: &UpstreamHealth,
+    upstreams: &[(&str, UpstreamHealth)],
 ) -> String {
+    let health = &UpstreamHealth::combined(upstreams.iter().map(|(_, h)| h));
     let mut out = handle.map(|h| h.render()).unwrap_or_default();
     if !out.is_empty() && !out.ends_with('\n') {
         out.push('\n');
@@ -263,6 +282,7 @@ pub fn render(
             0.0
         },
     );
+    per_upstream(&mut g, upstreams);
     let Some(c) = counts else {
         return out;
     };
@@ -335,6 +355,43 @@ pub fn render(
         delivery(DeliveryStatus::Pending) + delivery(DeliveryStatus::Retrying),
     );
     out
+}
+
+/// The budget's levels of each upstream, labelled by its name (the unlabelled
+/// series above are their sums, or any of them for the 0/1 ones).
+fn per_upstream(g: &mut Levels<'_>, upstreams: &[(&str, UpstreamHealth)]) {
+    type Level = fn(&UpstreamHealth) -> f64;
+    let families: [(&str, &str, Level); 5] = [
+        (
+            "jobwatch_upstreams_allowed_rate",
+            "Requests per second each upstream's budget allows now.",
+            |h| h.allowed_rate,
+        ),
+        (
+            "jobwatch_upstreams_configured_rate",
+            "Each upstream's max_requests_per_second.",
+            |h| h.configured_rate,
+        ),
+        (
+            "jobwatch_upstreams_paused",
+            "1 while an upstream's 429/503 pause is in force.",
+            |h| f64::from(u8::from(h.paused_until.is_some())),
+        ),
+        (
+            "jobwatch_upstreams_in_flight",
+            "Status requests in flight now, per upstream.",
+            |h| h.in_flight as f64,
+        ),
+        (
+            "jobwatch_upstreams_credentials_rejected",
+            "1 while an upstream rejects our credentials (401/403) and its polling is paused.",
+            |h| f64::from(u8::from(h.credentials == Credentials::Rejected)),
+        ),
+    ];
+    for (name, help, level) in families {
+        let values: Vec<(&str, f64)> = upstreams.iter().map(|(n, h)| (*n, level(h))).collect();
+        g.labelled(name, help, "upstream", &values);
+    }
 }
 
 /// Writes scrape-time values in the text exposition format.
@@ -413,12 +470,18 @@ mod tests {
                 ("dead".into(), 1),
             ],
         };
-        let text = render(None, Some(&counts), &health());
+        let text = render(
+            None,
+            Some(&counts),
+            &[("vector", health()), ("openai", health())],
+        );
         for line in [
             "jobwatch_store_up 1",
-            "jobwatch_upstream_allowed_rate 25",
-            "jobwatch_upstream_in_flight 3",
-            "jobwatch_upstream_paused_seconds_total 2.5",
+            "jobwatch_upstream_allowed_rate 50",
+            "jobwatch_upstream_in_flight 6",
+            "jobwatch_upstream_paused_seconds_total 5",
+            "jobwatch_upstreams_allowed_rate{upstream=\"vector\"} 25",
+            "jobwatch_upstreams_in_flight{upstream=\"openai\"} 3",
             "# TYPE jobwatch_upstream_paused_seconds_total counter",
             "jobwatch_watches_running{state=\"none\"} 2",
             "jobwatch_watches_running{state=\"RUNNING\"} 5",
@@ -440,7 +503,7 @@ mod tests {
 
     #[test]
     fn a_store_that_does_not_answer_shows_as_down_without_levels() {
-        let text = render(None, None, &health());
+        let text = render(None, None, &[("vector", health())]);
         assert!(text.lines().any(|l| l == "jobwatch_store_up 0"), "{text}");
         assert!(!text.contains("jobwatch_watches_running"), "{text}");
     }

@@ -189,25 +189,15 @@ impl FromStr for Outcome {
     }
 }
 
-/// What the state table of UPSTREAM.md makes of a reported state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a kind's state table makes of a reported state (`crate::upstream::kinds`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Verdict {
     Running,
     Succeeded,
     Failed,
-    /// A state the contract does not name: keep polling, record it, warn once.
+    /// A state the table does not name (or none): keep polling, record it, warn once.
+    #[default]
     Unknown,
-}
-
-pub fn verdict(state: Option<&str>, has_errors: bool) -> Verdict {
-    match state {
-        Some("PENDING") | Some("RUNNING") => Verdict::Running,
-        Some("SUCCESS") | Some("DONE") if has_errors => Verdict::Failed,
-        Some("SUCCESS") | Some("DONE") => Verdict::Succeeded,
-        Some("FAILED") | Some("FAILURE") => Verdict::Failed,
-        // A missing state says nothing new: keep polling like any unknown one.
-        _ => Verdict::Unknown,
-    }
 }
 
 /// Ids are opaque strings of 1..=256 chars from `[A-Za-z0-9:._-]`.
@@ -234,20 +224,6 @@ pub fn check_id(id: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_state_table_of_upstream_md() {
-        assert_eq!(verdict(Some("PENDING"), false), Verdict::Running);
-        assert_eq!(verdict(Some("RUNNING"), false), Verdict::Running);
-        assert_eq!(verdict(Some("SUCCESS"), false), Verdict::Succeeded);
-        assert_eq!(verdict(Some("DONE"), false), Verdict::Succeeded);
-        assert_eq!(verdict(Some("SUCCESS"), true), Verdict::Failed);
-        assert_eq!(verdict(Some("DONE"), true), Verdict::Failed);
-        assert_eq!(verdict(Some("FAILED"), false), Verdict::Failed);
-        assert_eq!(verdict(Some("FAILURE"), false), Verdict::Failed);
-        assert_eq!(verdict(Some("PAUSED"), false), Verdict::Unknown);
-        assert_eq!(verdict(None, false), Verdict::Unknown);
-    }
 
     #[test]
     fn ids_follow_the_allowed_form() {

@@ -57,9 +57,13 @@ async fn readyz(State(state): State<SharedState>) -> (StatusCode, Json<Value>) {
             );
         }
     }
-    if state.budget.credentials_rejected() {
-        problems
-            .push("the upstream rejects our credentials (401/403); polling is paused".to_string());
+    for u in &state.upstreams {
+        if u.budget.credentials_rejected() {
+            problems.push(format!(
+                "upstream {:?} rejects our credentials (401/403); its polling is paused",
+                u.name
+            ));
+        }
     }
     if problems.is_empty() {
         (StatusCode::OK, Json(json!({"status": "ready"})))
@@ -93,7 +97,7 @@ async fn metrics(State(state): State<SharedState>) -> impl axum::response::IntoR
     let body = crate::metrics::render(
         crate::metrics::install(),
         counts.as_ref(),
-        &state.budget.health(),
+        &state.upstream_health(),
     );
     (
         [(

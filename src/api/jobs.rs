@@ -196,7 +196,7 @@ async fn create(
     let ingested = state.store.insert_watches(&new).await?;
     crate::metrics::store_write("insert_watches", started.elapsed());
     if ingested.new > 0 {
-        state.signals.watches.notify_one();
+        state.signals.watches_changed();
     }
     Ok((
         StatusCode::ACCEPTED,

@@ -33,7 +33,8 @@ pub struct AppState {
     pub store: DynStore,
     pub settings: Arc<Settings>,
     pub signals: Arc<Signals>,
-    pub budget: Arc<Budget>,
+    /// Every configured upstream, in the order of the settings.
+    pub upstreams: Vec<UpstreamState>,
     /// The kinds a request may name: those of the configured upstreams.
     pub kinds: Vec<crate::model::Kind>,
     pub started: Instant,
@@ -41,9 +42,26 @@ pub struct AppState {
     pub shutdown: tokio_util::sync::CancellationToken,
 }
 
+/// One upstream as the API reports it: its name, where it is, its kinds, its budget.
+pub struct UpstreamState {
+    pub name: String,
+    /// The base URL without credentials or query.
+    pub base_url: String,
+    pub kinds: Vec<crate::model::Kind>,
+    pub budget: Arc<Budget>,
+}
+
 pub type SharedState = Arc<AppState>;
 
 impl AppState {
+    /// Each upstream's name and health, read now.
+    pub fn upstream_health(&self) -> Vec<(&str, crate::poller::budget::UpstreamHealth)> {
+        self.upstreams
+            .iter()
+            .map(|u| (u.name.as_str(), u.budget.health()))
+            .collect()
+    }
+
     /// The configured kind named `name`; never interns a client's string.
     pub fn kind(&self, name: &str) -> Result<crate::model::Kind, String> {
         self.kinds

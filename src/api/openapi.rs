@@ -64,6 +64,7 @@ pub const BEARER: &str = "bearer";
         Attempt,
         DeliveryPage,
         StatusBody,
+        UpstreamStatus,
         WatchCounts,
         OldestRunning,
         WebhookCounts,
@@ -93,6 +94,23 @@ pub fn document(settings: &Settings) -> utoipa::openapi::OpenApi {
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
 
     let components = doc.components.get_or_insert_with(Default::default);
+    // A kind is one of those configured: what the API accepts (schemathesis sends
+    // what the document allows and expects it accepted).
+    let kinds: Vec<&str> = settings
+        .resolved
+        .iter()
+        .flat_map(|u| u.kinds.iter().map(|k| k.kind.as_str()))
+        .collect();
+    components.schemas.insert(
+        "Kind".to_string(),
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some(
+                "A configured kind (`GET /v1/status` lists them per upstream).",
+            ))
+            .enum_values(Some(kinds))
+            .into(),
+    );
     if let Some(RefOr::T(Schema::Object(body))) = components.schemas.get_mut("CreateJobsRequest") {
         if let Some(RefOr::T(Schema::Array(ids))) = body.properties.get_mut("ids") {
             ids.max_items = Some(settings.api.max_ids_per_request);
@@ -416,11 +434,26 @@ pub struct DeliveryPage {
 #[derive(Serialize, ToSchema)]
 pub struct StatusBody {
     pub watches: WatchCounts,
+    /// Every upstream as one: rates and counts added up, the latest pause, the
+    /// credentials rejected if any upstream rejects them.
     pub upstream: UpstreamHealth,
+    /// Each configured upstream on its own.
+    pub upstreams: Vec<UpstreamStatus>,
     pub webhooks: WebhookCounts,
     pub store: StoreInfo,
     pub uptime_seconds: u64,
     pub version: String,
+}
+
+/// One upstream in `GET /v1/status`.
+#[derive(Serialize, ToSchema)]
+pub struct UpstreamStatus {
+    /// `vector` for `[upstream]`, else the `[[upstreams]]` entry's name.
+    pub name: String,
+    pub base_url: String,
+    /// The kinds it answers for.
+    pub kinds: Vec<Kind>,
+    pub health: UpstreamHealth,
 }
 
 #[derive(Serialize, ToSchema)]

@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 
 use super::error::{ApiError, ApiResult};
 use super::SharedState;
+use crate::poller::budget::UpstreamHealth;
 use crate::store::{now_ms, redact_url, DeliveryStatus, Retried};
 use crate::view;
 
@@ -37,6 +38,7 @@ pub fn routes() -> Router<SharedState> {
 async fn status(State(state): State<SharedState>) -> ApiResult<Json<Value>> {
     let now = now_ms();
     let counts = state.store.counts(now).await?;
+    let health = state.upstream_health();
     let by_state: BTreeMap<String, i64> = counts
         .running_by_state
         .iter()
@@ -65,7 +67,13 @@ async fn status(State(state): State<SharedState>) -> ApiResult<Json<Value>> {
             "overdue": counts.overdue,
             "oldest_running": oldest,
         },
-        "upstream": state.budget.health(),
+        "upstream": UpstreamHealth::combined(health.iter().map(|(_, h)| h)),
+        "upstreams": state.upstreams.iter().zip(&health).map(|(u, (_, h))| json!({
+            "name": u.name,
+            "base_url": u.base_url,
+            "kinds": u.kinds,
+            "health": h,
+        })).collect::<Vec<_>>(),
         "webhooks": {
             "backlog": deliveries.get("pending").copied().unwrap_or(0) + deliveries.get("retrying").copied().unwrap_or(0),
             "deliveries": deliveries,

@@ -300,7 +300,7 @@ impl Requester {
                     ],
                 )
                 .context("the upstream client's settings")?;
-                Requester::UpstreamClient(UpstreamClient::new(&settings.upstream)?)
+                Requester::UpstreamClient(UpstreamClient::new(&settings.resolved[0])?)
             }
         })
     }
@@ -408,7 +408,9 @@ mod tests {
             let minimal = minimal_uri(&format!("{sim}/products/"), k).expect("a URI");
             assert_eq!(
                 minimal.to_string(),
-                client.status_url(Kind::COPY, &id(CEILING_PREFIX, k))
+                client
+                    .status_url(Kind::COPY, &id(CEILING_PREFIX, k))
+                    .unwrap()
             );
         }
     }

@@ -460,6 +460,58 @@ pub struct UpstreamHealth {
     pub paused_seconds_total: f64,
 }
 
+impl UpstreamHealth {
+    /// Several upstreams as one: rates, counts and seconds add up; a pause is the
+    /// latest; credentials are rejected if any upstream rejects them.
+    pub fn combined<'a>(all: impl Iterator<Item = &'a UpstreamHealth>) -> UpstreamHealth {
+        let mut c = UpstreamHealth {
+            paused_until: None,
+            credentials: Credentials::Unknown,
+            credentials_status: None,
+            rate_limited_last_minute: 0,
+            error_ratio_last_minute: 0.0,
+            polls_per_second: 0.0,
+            allowed_rate: 0.0,
+            configured_rate: 0.0,
+            in_flight: 0,
+            total_answers: 0,
+            total_rate_limited: 0,
+            total_errors: 0,
+            paused_seconds_total: 0.0,
+        };
+        let mut errors_per_second = 0.0;
+        for h in all {
+            // RFC 3339 in one form and zone: the later time sorts later.
+            if h.paused_until > c.paused_until {
+                c.paused_until = h.paused_until.clone();
+            }
+            match (c.credentials, h.credentials) {
+                (Credentials::Rejected, _) => {}
+                (_, Credentials::Rejected) => {
+                    c.credentials = Credentials::Rejected;
+                    c.credentials_status = h.credentials_status;
+                }
+                (_, Credentials::Ok) => c.credentials = Credentials::Ok,
+                _ => {}
+            }
+            c.rate_limited_last_minute += h.rate_limited_last_minute;
+            errors_per_second += h.error_ratio_last_minute * h.polls_per_second;
+            c.polls_per_second += h.polls_per_second;
+            c.allowed_rate += h.allowed_rate;
+            c.configured_rate += h.configured_rate;
+            c.in_flight += h.in_flight;
+            c.total_answers += h.total_answers;
+            c.total_rate_limited += h.total_rate_limited;
+            c.total_errors += h.total_errors;
+            c.paused_seconds_total += h.paused_seconds_total;
+        }
+        if c.polls_per_second > 0.0 {
+            c.error_ratio_last_minute = errors_per_second / c.polls_per_second;
+        }
+        c
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! On tokio's paused clock: the budget (governor included) runs on it, so every

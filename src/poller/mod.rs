@@ -1,7 +1,9 @@
 //! Decides what to poll when. Watches live in the store, not in tasks: each step
 //! claims the watches that are due (an index on the next poll time), polls them
 //! through the shared [`budget::Budget`], and turns each answer into the watch's
-//! next values per the state table (an outcome comes with its event).
+//! next values per the kind's state table (an outcome comes with its event).
+//! There is one poller per upstream: it claims only that upstream's kinds and
+//! spends only its budget, so a pause or a bad token on one never slows another.
 
 pub mod budget;
 pub mod cadence;
@@ -14,8 +16,8 @@ use futures::FutureExt as _;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Settings;
-use crate::model::{verdict, Outcome, Verdict};
+use crate::config::{Settings, UpstreamDef};
+use crate::model::{Kind, Outcome, Verdict};
 use crate::store::writer::{Signals, Write, Writer};
 use crate::store::{now_ms, DynStore, Millis, WatchRecord, WatchUpdate};
 use crate::upstream::{PollAnswer, UpstreamClient};
@@ -37,6 +39,11 @@ pub struct Poller {
     store: DynStore,
     client: Arc<UpstreamClient>,
     budget: Arc<Budget>,
+    /// The kinds this poller claims: its upstream's.
+    lane: Vec<Kind>,
+    /// Whether this poller ends the watches whose deadline passed (one does, for
+    /// every kind: a deadline holds also while an upstream is paused).
+    deadlines: bool,
     cadence: Cadence,
     not_found_grace: Duration,
     routes: Routes,
@@ -73,18 +80,25 @@ pub struct StepReport {
 }
 
 impl Poller {
+    /// The poller of `upstream` (its client and budget); `deadlines`: whether it
+    /// also ends the watches of every kind whose deadline passed.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         settings: &Settings,
+        upstream: &UpstreamDef,
         store: DynStore,
         client: Arc<UpstreamClient>,
         budget: Arc<Budget>,
         writer: Writer,
         signals: Arc<Signals>,
         shutdown: CancellationToken,
+        deadlines: bool,
     ) -> Poller {
         let p = &settings.poller;
-        let u = &settings.upstream;
+        let u = &upstream.settings;
         Poller {
+            lane: client.kinds().collect(),
+            deadlines,
             store,
             client,
             budget,
@@ -153,7 +167,11 @@ impl Poller {
     /// to the free capacity and queue them for the poll loops.
     pub async fn step(&self, now: Millis) -> crate::store::Result<StepReport> {
         let mut report = StepReport::default();
-        let expired = self.store.expired_watches(now, 512).await?;
+        let expired = if self.deadlines {
+            self.store.expired_watches(now, 512).await?
+        } else {
+            Vec::new()
+        };
         if !expired.is_empty() {
             let updates: Vec<WatchUpdate> = expired
                 .into_iter()
@@ -180,7 +198,7 @@ impl Poller {
         let lease_until = now + LEASE.as_millis() as Millis;
         let claimed = self
             .store
-            .claim_due_watches(now, free as u32, lease_until)
+            .claim_due_watches_in(Some(&self.lane), now, free as u32, lease_until)
             .await?;
         report.filled = claimed.len() >= free;
         {
@@ -261,7 +279,7 @@ impl Poller {
             }
             let sent = std::time::Instant::now();
             let answer = self.client.poll(w.kind, &w.job_id).await;
-            crate::metrics::poll_answered(&answer, sent.elapsed());
+            self.client.metrics().answered(&answer, sent.elapsed());
             self.budget.observe(&mut slot, &answer);
             match answer {
                 PollAnswer::RateLimited { .. } | PollAnswer::Unauthorized { .. } => continue,
@@ -271,9 +289,9 @@ impl Poller {
         if let PollAnswer::Status(status) = &answer {
             if status.state.is_some()
                 && status.state != w.state
-                && matches!(verdict(status.state.as_deref(), false), Verdict::Unknown)
+                && status.verdict == Verdict::Unknown
             {
-                tracing::warn!(kind = %w.kind, id = %w.job_id, state = ?status.state, "upstream reports a state the contract does not name; still watching");
+                tracing::warn!(upstream = self.client.name(), kind = %w.kind, id = %w.job_id, state = ?status.state, "upstream reports a state its kind's table does not name; still watching");
             }
         }
         let record = decide(
@@ -296,6 +314,7 @@ impl Poller {
         for _ in 0..self.high_water {
             tasks.spawn(Arc::clone(&self).poll_loop());
         }
+        let mut watches = self.signals.watches.subscribe();
         let mut filled = false;
         let started = tokio::time::Instant::now();
         let mut last_step = started.checked_sub(MIN_STEP_GAP).unwrap_or(started);
@@ -307,6 +326,8 @@ impl Poller {
                 }
             }
             last_step = tokio::time::Instant::now();
+            // What this step sees: a change after here wakes the wait below.
+            watches.borrow_and_update();
             let now = now_ms();
             let report = match self.step(now).await {
                 Ok(r) => r,
@@ -330,7 +351,7 @@ impl Poller {
             } else if filled {
                 Duration::ZERO
             } else {
-                match self.store.next_wakeup().await {
+                match self.store.next_wakeup_in(Some(&self.lane)).await {
                     Ok(Some(at)) => Duration::from_millis((at - now_ms()).clamp(0, 1000) as u64),
                     Ok(None) => Duration::from_secs(1),
                     Err(_) => Duration::from_secs(1),
@@ -346,7 +367,7 @@ impl Poller {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
-                _ = self.signals.watches.notified() => {}
+                _ = watches.changed() => {}
                 _ = self.room(), if full => {}
             }
         }
@@ -384,8 +405,12 @@ pub fn decide(
             n.consecutive_errors = 0;
             n.not_found_since = None;
             let changed = s.state != n.state || first;
-            let said = verdict(s.state.as_deref(), s.has_errors());
+            let said = s.verdict;
             n.state = s.state;
+            if s.note.is_some() {
+                // A field of the wrong type: the watch goes on, and says why a time is missing.
+                n.last_error = s.note;
+            }
             // A missing attribute says nothing: keep what we knew.
             let u = &mut n.upstream;
             if s.created.is_some() {
@@ -447,7 +472,6 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::JobStatus;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
 
@@ -466,12 +490,15 @@ mod tests {
         WatchRecord::sample(1)
     }
 
+    /// A Vector status answer, read by the `vector` preset's state table.
     fn status(state: &str, errors: serde_json::Value) -> PollAnswer {
-        PollAnswer::Status(JobStatus {
-            state: Some(state.into()),
-            errors: Some(errors),
-            ..Default::default()
-        })
+        let body = serde_json::json!({"data": {"attributes": {"state": state, "errors": errors}}});
+        let settings = crate::config::Settings::load_with(None, &[]).unwrap();
+        PollAnswer::Status(
+            settings.resolved[0].kinds[0]
+                .read(body.to_string().as_bytes())
+                .unwrap(),
+        )
     }
 
     fn run(w: &WatchRecord, a: &PollAnswer, now: Millis) -> WatchRecord {

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc, Notify};
+use tokio::sync::{broadcast, mpsc, watch, Notify};
 
 use super::{AttemptResult, DynStore, WatchUpdate};
 
@@ -23,8 +23,9 @@ pub struct Signals {
     pub finished: broadcast::Sender<i64>,
     /// Deliveries were queued: the dispatcher should look.
     pub deliveries: Notify,
-    /// Watches were posted or rescheduled: the poller should look.
-    pub watches: Notify,
+    /// Watches were posted or rescheduled: every poller (one per upstream) should
+    /// look. A counter, so that each poller sees a change it slept through.
+    pub watches: watch::Sender<u64>,
     /// The last batched write failed and none has succeeded since: `/readyz` says
     /// so. Set and cleared only by the writer.
     pub write_failing: std::sync::atomic::AtomicBool,
@@ -39,7 +40,7 @@ impl Signals {
         Arc::new(Signals {
             finished: broadcast::channel(8192).0,
             deliveries: Notify::new(),
-            watches: Notify::new(),
+            watches: watch::channel(0).0,
             write_failing: std::sync::atomic::AtomicBool::new(false),
             checkpoint_failing: std::sync::atomic::AtomicBool::new(false),
         })
@@ -65,8 +66,13 @@ impl Signals {
         // asleep on the leased row's far-off time, must look again or it oversleeps
         // by up to a second.
         if rescheduled {
-            self.watches.notify_one();
+            self.watches_changed();
         }
+    }
+
+    /// Wake every poller: watches were posted or rescheduled.
+    pub fn watches_changed(&self) {
+        self.watches.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 

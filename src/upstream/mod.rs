@@ -1,12 +1,17 @@
-//! The Vector API v2 client: builds status requests, and maps every answer onto a
-//! typed [`PollAnswer`] per the error table of UPSTREAM.md. It knows nothing of the
-//! store, the budget or the cadence: the poller decides what each answer means for
-//! a watch and for the whole upstream.
+//! The upstream client: builds status requests for one configured upstream (the
+//! Vector API v2, or any HTTP job API described by [`kinds`]), and maps every answer
+//! onto a typed [`PollAnswer`] per the error table of UPSTREAM.md. It knows nothing
+//! of the store, the budget or the cadence: the poller decides what each answer
+//! means for a watch and for the whole upstream.
 
+pub mod kinds;
+pub mod preset;
 pub mod retry_after;
 
 use std::time::{Duration, SystemTime};
 
+use crate::config::{Secret, UpstreamDef};
+use crate::model::{Kind, Verdict};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, StatusCode, Uri};
@@ -14,11 +19,8 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use kinds::KindDef;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-use serde::Deserialize;
-
-use crate::config::{Secret, UpstreamSettings};
-use crate::model::Kind;
 
 /// Everything but unreserved characters is encoded in a path segment, so that
 /// `myorg:my-product` becomes `myorg%3Amy-product`.
@@ -28,43 +30,19 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'.')
     .remove(b'~');
 
-/// The attributes of a job status document; each may be missing or null.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+/// What a status answer says, read by its kind's rules: each part may be missing.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct JobStatus {
-    #[serde(default)]
+    /// The state as the upstream wrote it (`true`/`false` and numbers as text).
     pub state: Option<String>,
-    #[serde(default)]
+    /// What the kind's state table makes of it.
+    pub verdict: Verdict,
     pub created: Option<String>,
-    #[serde(default)]
     pub started: Option<String>,
-    #[serde(default)]
     pub ended: Option<String>,
-    #[serde(default)]
     pub errors: Option<serde_json::Value>,
-}
-
-impl JobStatus {
-    /// A non-empty `errors` list (or any other non-empty value) means the job failed.
-    pub fn has_errors(&self) -> bool {
-        match &self.errors {
-            None | Some(serde_json::Value::Null) => false,
-            Some(serde_json::Value::Array(a)) => !a.is_empty(),
-            Some(serde_json::Value::String(s)) => !s.is_empty(),
-            Some(serde_json::Value::Object(o)) => !o.is_empty(),
-            Some(_) => true,
-        }
-    }
-}
-
-#[derive(Deserialize)]
-struct Document {
-    data: Data,
-}
-
-#[derive(Deserialize)]
-struct Data {
-    #[serde(default)]
-    attributes: Option<JobStatus>,
+    /// A field that was there but could not be read (a time of the wrong type).
+    pub note: Option<String>,
 }
 
 /// What one status request came to.
@@ -99,10 +77,14 @@ const MAX_REDIRECTS: usize = 3;
 /// A status document is a few hundred bytes: an answer larger than this is not one.
 const MAX_BODY: usize = 1024 * 1024;
 
-/// Status requests on hyper's pooled client. reqwest, used before, cost the daemon
+/// Status requests to one upstream on hyper's pooled client. reqwest, used before, cost the daemon
 /// twice the CPU per request of this client (its URL, header, proxy and timeout
 /// layers on top of the same pool; BENCHMARKS.md), and polls are most of the daemon.
 pub struct UpstreamClient {
+    /// The upstream's name (`vector`, or an `[[upstreams]]` entry's).
+    name: String,
+    kinds: Vec<KindDef>,
+    metrics: crate::metrics::PollMetrics,
     http: Client<Connector, Empty<Bytes>>,
     /// The headers of a request to the base URL's origin: the token, and for a plain
     /// `http` upstream (always HTTP/1) the Host, which hyper would otherwise format
@@ -118,20 +100,20 @@ pub struct UpstreamClient {
 }
 
 impl UpstreamClient {
-    pub fn new(settings: &UpstreamSettings) -> anyhow::Result<UpstreamClient> {
+    pub fn new(def: &UpstreamDef) -> anyhow::Result<UpstreamClient> {
+        let settings = &def.settings;
         let mut headers = HeaderMap::new();
-        headers.insert(
-            header::ACCEPT,
-            HeaderValue::from_static("application/vnd.api+json"),
-        );
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/vnd.api+json"),
-        );
+        for (name, value) in &def.headers {
+            headers.insert(name.clone(), value.clone());
+        }
         headers.insert(
             header::USER_AGENT,
-            HeaderValue::from_str(&settings.user_agent)
-                .map_err(|e| anyhow::anyhow!("upstream.user_agent is not a header value: {e}"))?,
+            HeaderValue::from_str(&settings.user_agent).map_err(|e| {
+                anyhow::anyhow!(
+                    "upstream {:?}: user_agent is not a header value: {e}",
+                    def.name
+                )
+            })?,
         );
         let mut http = HttpConnector::new();
         http.enforce_http(false);
@@ -149,12 +131,18 @@ impl UpstreamClient {
         let base = &settings.base_url;
         let mut on_origin = headers.clone();
         if let Some(token) = &settings.token {
-            on_origin.insert(header::AUTHORIZATION, bearer(token));
+            match &def.auth_header {
+                None => on_origin.insert(header::AUTHORIZATION, bearer(token)),
+                Some(name) => on_origin.insert(name.clone(), secret_value(token.expose())),
+            };
         }
         if let Some(host) = host_header(base) {
             on_origin.insert(header::HOST, host);
         }
         Ok(UpstreamClient {
+            name: def.name.clone(),
+            kinds: def.kinds.clone(),
+            metrics: crate::metrics::PollMetrics::new(&def.name),
             http,
             on_origin,
             elsewhere: headers,
@@ -164,21 +152,41 @@ impl UpstreamClient {
         })
     }
 
-    pub fn status_url(&self, kind: Kind, id: &str) -> String {
-        format!(
-            "{}{}/products/{}/search/{}/status",
-            self.origin,
-            self.base_path,
-            utf8_percent_encode(id, SEGMENT),
-            kind.as_str()
-        )
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The counters this upstream's polls are counted with.
+    pub fn metrics(&self) -> &crate::metrics::PollMetrics {
+        &self.metrics
+    }
+
+    /// The kinds this upstream answers for.
+    pub fn kinds(&self) -> impl Iterator<Item = Kind> + '_ {
+        self.kinds.iter().map(|k| k.kind)
+    }
+
+    fn kind(&self, kind: Kind) -> Option<&KindDef> {
+        self.kinds.iter().find(|k| k.kind == kind)
+    }
+
+    /// The status URL of `(kind, id)`; `None` for a kind of another upstream.
+    pub fn status_url(&self, kind: Kind, id: &str) -> Option<String> {
+        let def = self.kind(kind)?;
+        let path = def.path(&utf8_percent_encode(id, SEGMENT).to_string());
+        Some(format!("{}{}{path}", self.origin, self.base_path))
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(kind = %kind, id = %id))]
     pub async fn poll(&self, kind: Kind, id: &str) -> PollAnswer {
-        let url = self.status_url(kind, id);
+        let (Some(def), Some(url)) = (self.kind(kind), self.status_url(kind, id)) else {
+            // The poller claims only this upstream's kinds: a bug, said as an error.
+            return PollAnswer::Transient {
+                error: format!("kind {kind} is not a kind of upstream {:?}", self.name),
+            };
+        };
         match tokio::time::timeout(self.request_timeout, self.get(url)).await {
-            Ok(Ok((status, retry_after, body))) => classify(status, retry_after, &body),
+            Ok(Ok((status, retry_after, body))) => def.classify(status, retry_after, &body),
             Ok(Err(error)) => PollAnswer::Transient { error },
             Err(_) => PollAnswer::Transient {
                 error: format!(
@@ -282,63 +290,47 @@ fn causes(kind: &str, e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 fn bearer(token: &Secret) -> HeaderValue {
-    let mut v = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
-        .unwrap_or_else(|_| HeaderValue::from_static("Bearer invalid-token"));
+    secret_value(&format!("Bearer {}", token.expose()))
+}
+
+/// A credential as a header value, kept out of hyper's debug output.
+fn secret_value(s: &str) -> HeaderValue {
+    let mut v =
+        HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid-token"));
     v.set_sensitive(true);
     v
 }
 
-/// The error table of UPSTREAM.md.
-pub fn classify(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) -> PollAnswer {
-    match status.as_u16() {
-        200..=299 => match serde_json::from_slice::<Document>(body) {
-            Ok(doc) => PollAnswer::Status(doc.data.attributes.unwrap_or_default()),
-            Err(e) => PollAnswer::Transient {
-                error: format!("HTTP {status}: body is not a job status document: {e}"),
-            },
-        },
-        404 => PollAnswer::NotFound,
-        s @ (400 | 422) => PollAnswer::Rejected {
-            status: s,
-            detail: error_detail(body),
-        },
-        s @ (401 | 403) => PollAnswer::Unauthorized { status: s },
-        429 => PollAnswer::RateLimited {
-            status: 429,
-            retry_after,
-        },
-        503 if retry_after.is_some() => PollAnswer::RateLimited {
-            status: 503,
-            retry_after,
-        },
-        _ => PollAnswer::Transient {
-            error: format!("HTTP {status}{}", short_detail(body)),
-        },
-    }
-}
-
-/// The `detail` (or `title`) of a JSON:API error document, else a bit of the body.
-fn error_detail(body: &[u8]) -> String {
-    #[derive(Deserialize)]
-    struct Errors {
-        errors: Vec<ErrorObject>,
-    }
-    #[derive(Deserialize)]
-    struct ErrorObject {
-        detail: Option<String>,
-        title: Option<String>,
-    }
-    if let Ok(doc) = serde_json::from_slice::<Errors>(body) {
-        if let Some(e) = doc.errors.into_iter().next() {
-            if let Some(text) = e.detail.or(e.title) {
-                return text;
-            }
+/// The message of an error document in the forms job APIs use: JSON:API
+/// `errors[0].detail|title` (Vector), `error.message` (Google, OpenAI), `detail|title`
+/// (problem+json: Replicate), `message` (GitHub); else a bit of the body.
+pub(crate) fn error_detail(body: &[u8]) -> String {
+    use serde_json::Value;
+    let doc: Option<Value> = serde_json::from_slice(body).ok();
+    let found = doc.as_ref().and_then(|d| {
+        [
+            "/errors/0/detail",
+            "/errors/0/title",
+            "/error/message",
+            "/detail",
+            "/title",
+            "/message",
+            "/error",
+        ]
+        .iter()
+        .find_map(|p| d.pointer(p).and_then(Value::as_str))
+    });
+    match found {
+        Some(text) => text.to_string(),
+        None => {
+            // Cut on a character boundary: a body may hold any UTF-8.
+            let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
+            text.trim_end_matches('\u{fffd}').to_string()
         }
     }
-    String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned()
 }
 
-fn short_detail(body: &[u8]) -> String {
+pub(crate) fn short_detail(body: &[u8]) -> String {
     let d = error_detail(body);
     if d.trim().is_empty() {
         String::new()
@@ -374,6 +366,12 @@ pub fn describe(e: &reqwest::Error) -> String {
 mod tests {
     use super::*;
 
+    /// The error table of UPSTREAM.md, as the `vector` preset's copy kind applies it.
+    fn classify(status: StatusCode, retry_after: Option<Duration>, body: &[u8]) -> PollAnswer {
+        let settings = crate::config::Settings::load_with(None, &[]).unwrap();
+        settings.resolved[0].kinds[0].classify(status, retry_after, body)
+    }
+
     #[test]
     fn ids_are_percent_encoded_in_the_path() {
         let settings = crate::config::Settings::load_with(
@@ -381,13 +379,13 @@ mod tests {
             &[("upstream.base_url", "http://h/vector/v2/")],
         )
         .unwrap();
-        let c = UpstreamClient::new(&settings.upstream).unwrap();
+        let c = UpstreamClient::new(&settings.resolved[0]).unwrap();
         assert_eq!(
-            c.status_url(Kind::COPY, "myorg:my-product"),
+            c.status_url(Kind::COPY, "myorg:my-product").unwrap(),
             "http://h/vector/v2/products/myorg%3Amy-product/search/copy/status"
         );
         assert_eq!(
-            c.status_url(Kind::DELETE, "a.b_c"),
+            c.status_url(Kind::DELETE, "a.b_c").unwrap(),
             "http://h/vector/v2/products/a.b_c/search/delete/status"
         );
     }
@@ -417,7 +415,7 @@ mod tests {
             &[("upstream.base_url", base), ("upstream.token", "t0ken")],
         )
         .unwrap();
-        UpstreamClient::new(&settings.upstream).unwrap()
+        UpstreamClient::new(&settings.resolved[0]).unwrap()
     }
 
     fn state_doc(state: &str) -> axum::response::Response {
@@ -528,7 +526,7 @@ mod tests {
             ],
         )
         .unwrap();
-        let c = UpstreamClient::new(&settings.upstream).unwrap();
+        let c = UpstreamClient::new(&settings.resolved[0]).unwrap();
         let json_api = "application/vnd.api+json";
         assert_eq!(
             state(c.poll(Kind::COPY, "j1").await),
@@ -597,7 +595,7 @@ mod tests {
     fn an_https_upstream_gets_a_tls_client() {
         let c = client("https://upstream.example/vector/v2");
         assert_eq!(
-            c.status_url(Kind::COPY, "x"),
+            c.status_url(Kind::COPY, "x").unwrap(),
             "https://upstream.example/vector/v2/products/x/search/copy/status"
         );
     }
@@ -619,7 +617,29 @@ mod tests {
             panic!("not a status")
         };
         assert_eq!(s.state.as_deref(), Some("DONE"));
-        assert!(s.has_errors());
+        assert_eq!(s.verdict, Verdict::Failed, "DONE with errors");
+    }
+
+    #[test]
+    fn the_state_table_of_upstream_md() {
+        let verdict = |state: &str, errors: &str| {
+            let body =
+                format!(r#"{{"data":{{"attributes":{{"state":{state},"errors":{errors}}}}}}}"#);
+            match classify(StatusCode::OK, None, body.as_bytes()) {
+                PollAnswer::Status(s) => s.verdict,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(verdict(r#""PENDING""#, "[]"), Verdict::Running);
+        assert_eq!(verdict(r#""RUNNING""#, "null"), Verdict::Running);
+        assert_eq!(verdict(r#""SUCCESS""#, "[]"), Verdict::Succeeded);
+        assert_eq!(verdict(r#""DONE""#, "null"), Verdict::Succeeded);
+        assert_eq!(verdict(r#""SUCCESS""#, r#"["boom"]"#), Verdict::Failed);
+        assert_eq!(verdict(r#""DONE""#, r#"["boom"]"#), Verdict::Failed);
+        assert_eq!(verdict(r#""FAILED""#, "[]"), Verdict::Failed);
+        assert_eq!(verdict(r#""FAILURE""#, "[]"), Verdict::Failed);
+        assert_eq!(verdict(r#""PAUSED""#, "[]"), Verdict::Unknown);
+        assert_eq!(verdict("null", "[]"), Verdict::Unknown);
     }
 
     #[test]
