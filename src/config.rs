@@ -648,4 +648,120 @@ mod tests {
         let s = Settings::load_with(None, &[("upstream.token", "sekrit-value")]).unwrap();
         assert!(!format!("{s:?}").contains("sekrit-value"));
     }
+
+    /// Settings from a TOML text layered on the defaults.
+    fn with_file(text: &str) -> Result<Settings, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobwatch.toml");
+        std::fs::write(&path, text).unwrap();
+        Settings::load_with(Some(&path), &[])
+    }
+
+    #[test]
+    fn upstream_alone_is_the_vector_preset() {
+        let s = Settings::load_with(None, &[]).unwrap();
+        assert_eq!(s.resolved.len(), 1);
+        let v = &s.resolved[0];
+        assert_eq!(v.name, "vector");
+        let kinds: Vec<&str> = v.kinds.iter().map(|k| k.kind.as_str()).collect();
+        assert_eq!(kinds, ["copy", "delete"]);
+        let headers: Vec<&str> = v.headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(headers, ["accept", "content-type"]);
+    }
+
+    #[test]
+    fn an_entry_takes_its_preset_and_the_budget_of_upstream_where_unset() {
+        let s = with_file(
+            r#"
+            [upstream]
+            max_in_flight = 7
+            token = "vector-token"
+            [[upstreams]]
+            name = "openai"
+            preset = "openai-batch"
+            token = "sk-test"
+            max_requests_per_second = 3
+            rename = { batch = "openai-batch" }
+            "#,
+        )
+        .unwrap();
+        let o = &s.resolved[1];
+        assert_eq!(o.name, "openai");
+        assert_eq!(o.settings.base_url.as_str(), "https://api.openai.com/v1");
+        assert_eq!(o.settings.max_requests_per_second, 3.0);
+        assert_eq!(o.settings.max_in_flight, 7, "from [upstream]");
+        assert_eq!(
+            o.settings.token.as_ref().map(|t| t.expose()),
+            Some("sk-test")
+        );
+        assert_eq!(o.kinds[0].kind.as_str(), "openai-batch");
+        assert!(
+            !format!("{s:?}").contains("sk-test"),
+            "the token is redacted"
+        );
+    }
+
+    #[test]
+    fn bad_entries_name_the_setting_and_the_reason() {
+        let err = |t: &str| with_file(t).unwrap_err().to_string();
+        let e = err("[[upstreams]]\nname = \"x\"\npreset = \"nope\"\nbase_url = \"http://h\"");
+        assert!(
+            e.contains("upstreams[0].preset") && e.contains("google-lro"),
+            "{e}"
+        );
+        let e = err("[[upstreams]]\nname = \"g\"\npreset = \"google-lro\"");
+        assert!(
+            e.contains("upstreams[0].base_url") && e.contains("needs a base_url"),
+            "{e}"
+        );
+        let e = err(
+            "[[upstreams]]\nname = \"a\"\npreset = \"replicate\"\n[[upstreams]]\nname = \"b\"\npreset = \"replicate\"",
+        );
+        assert!(
+            e.contains("kind \"prediction\" is configured by upstreams \"a\" and \"b\""),
+            "{e}"
+        );
+        let e = err("[[upstreams]]\nname = \"a\"\npreset = \"replicate\"\ntoken_env = \"JOBWATCH_TEST_SURELY_UNSET\"");
+        assert!(
+            e.contains("upstreams[0].token_env") && e.contains("not set"),
+            "{e}"
+        );
+        let e = err("[[upstreams]]\nname = \"a\"\npreset = \"replicate\"\nburst = 0");
+        assert!(e.contains("upstreams[0].burst"), "{e}");
+        let e = err("[[upstreams]]\nname = \"a\"\nbase_url = \"http://h\"");
+        assert!(e.contains("neither a preset nor kinds"), "{e}");
+        let e = err(
+            "[[upstreams]]\nname = \"a\"\nbase_url = \"http://h\"\n[[upstreams.kinds]]\nname = \"k\"\npath = \"/k\"\nstate = { pointer = \"/s\" }",
+        );
+        assert!(
+            e.contains("upstreams[0].kinds") && e.contains("has no {id}"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_kind_of_its_own_needs_no_preset() {
+        let s = with_file(
+            r#"
+            [[upstreams]]
+            name = "azure"
+            base_url = "https://management.azure.com"
+            auth_header = "x-api-key"
+            token = "k"
+            [[upstreams.kinds]]
+            name = "azure-op"
+            path = "/operations/{id}"
+            state = { pointer = "/status", running = ["InProgress"], succeeded = ["Succeeded"], failed = ["Failed", "Canceled"] }
+            ended = "/endTime"
+            errors = "/error"
+            "#,
+        )
+        .unwrap();
+        let a = &s.resolved[1];
+        assert_eq!(a.kinds[0].kind.as_str(), "azure-op");
+        assert_eq!(
+            a.auth_header.as_ref().map(|h| h.as_str()),
+            Some("x-api-key")
+        );
+    }
 }

@@ -123,13 +123,51 @@ impl CliError {
     }
 }
 
-/// `--kind` on the command line.
-pub type KindArg = Kind;
+/// `--kind` on the command line: a kind's name, checked by [`resolve_kind`].
+pub type KindArg = String;
 
-/// The kinds this binary knows: today the Vector API v2's `copy` and `delete`.
-/// (Kinds configured in a daemon's `[[upstreams]]` will be asked of the daemon.)
-pub fn parse_kind(s: &str) -> Result<Kind, String> {
-    Kind::known(s).ok_or_else(|| format!("unknown kind {s:?}: expected \"copy\" or \"delete\""))
+/// A kind's name as the settings allow it (the daemon says which are configured).
+pub fn parse_kind(s: &str) -> Result<String, String> {
+    crate::model::check_kind_name(s)?;
+    Ok(s.to_string())
+}
+
+/// The kind `name`: a preset's kind is taken as it is (`copy`, `batch`, ...); any
+/// other must be one the daemon configured, asked at `GET /v1/status`. When the
+/// daemon cannot say, such a kind is a usage error: nothing here knows it.
+pub async fn resolve_kind(client: &Client, name: &str) -> Result<Kind, CliError> {
+    let presets = crate::upstream::preset::preset_kind_names();
+    if presets.iter().any(|k| k == name) {
+        return Ok(Kind::intern(name));
+    }
+    let unknown = |why: String| {
+        CliError::Usage(format!(
+            "unknown kind {name:?}: no preset has it ({}), and {why}",
+            presets.join(", ")
+        ))
+    };
+    let text = match client.status_text().await {
+        Ok(Ok(text)) => text,
+        Ok(Err(refusal)) => return Err(refusal.into_error("GET /v1/status")),
+        Err(e) => return Err(unknown(format!("the daemon could not be asked: {e}"))),
+    };
+    let status: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| CliError::Unavailable(format!("GET /v1/status: not JSON: {e}")))?;
+    let configured: Vec<&str> = status["upstreams"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|u| u["kinds"].as_array().into_iter().flatten())
+        .filter_map(|k| k.as_str())
+        .collect();
+    if configured.contains(&name) {
+        Ok(Kind::intern(name))
+    } else {
+        Err(unknown(format!(
+            "the daemon's kinds are {}",
+            configured.join(", ")
+        )))
+    }
 }
 
 /// `--timeout` values: `30s`, `10m`, `1h30m` (humantime), or a bare number of seconds.

@@ -88,7 +88,7 @@ impl Ended {
 pub async fn wait(args: WaitArgs) -> Result<u8, CliError> {
     let ids = collect_ids(&args.ids)?;
     let client = Client::new(&args.server)?;
-    let kind: Kind = args.kind;
+    let kind: Kind = super::resolve_kind(&client, &args.kind).await?;
     let deadline = args.timeout.map(|t| Instant::now() + t);
     if args.watch {
         let posted = post_all(

@@ -113,7 +113,7 @@ pub async fn post_all(
 pub async fn watch(args: WatchArgs) -> Result<u8, CliError> {
     let ids = collect_ids(&args.ids)?;
     let client = Client::new(&args.server)?;
-    let kind: Kind = args.kind;
+    let kind: Kind = super::resolve_kind(&client, &args.kind).await?;
     let posted = post_all(
         &client,
         kind,

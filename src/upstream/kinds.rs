@@ -264,11 +264,17 @@ impl KindDef {
     /// an error; a time of the wrong type is left out and noted.
     pub fn read(&self, body: &[u8]) -> Result<JobStatus, String> {
         let doc: Value = serde_json::from_slice(body)
-            .map_err(|e| format!("body is not a {} status document: {e}", self.kind))?;
+            .map_err(|e| format!("body is not a job status document: {e}"))?;
+        if !doc.is_object() {
+            return Err(format!(
+                "body is not a job status document: {}, not an object",
+                type_name(&doc)
+            ));
+        }
         for p in &self.require {
             if doc.pointer(p).is_none_or(Value::is_null) {
                 return Err(format!(
-                    "body is not a {} status document: nothing at {p:?}",
+                    "body is not a job status document of kind {}: nothing at {p:?}",
                     self.kind
                 ));
             }
@@ -580,9 +586,11 @@ mod tests {
         let e = read(&g, r#"{"status":"completed","conclusion":[1]}"#).unwrap_err();
         assert!(e.contains("/conclusion") && e.contains("a list"), "{e}");
         let e = read(&g, "[1,2,3]").unwrap_err();
-        assert!(e.contains("nothing at \"/status\""), "{e}");
+        assert!(e.contains("a list, not an object"), "{e}");
+        let e = read(&g, r#"{"state":"queued"}"#).unwrap_err();
+        assert!(e.contains("kind test-run: nothing at \"/status\""), "{e}");
         let e = read(&g, "<html>").unwrap_err();
-        assert!(e.contains("not a test-run status document"), "{e}");
+        assert!(e.contains("not a job status document"), "{e}");
         // A time of the wrong type is left out and noted; the state still counts.
         let s = read(
             &g,
