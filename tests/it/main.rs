@@ -14,4 +14,5 @@ mod metrics;
 mod postgres;
 mod python_receiver;
 mod upstream;
+mod upstreams;
 mod webhooks;
