@@ -1,9 +1,10 @@
-//! Connections, routing and the JSON:API documents of the simulator.
+//! Connections, the order in which a request meets the rate limit, the token and the faults,
+//! and the Vector shape's job-creating routes and product documents. What a status answer or an
+//! error looks like is the served shape's (`shapes`).
 //!
 //! Connections are served with hyper directly (not axum) because a dropped request must close
 //! its connection without any answer: the service returns an error and hyper closes it.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -11,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use axum::body::{Body, Bytes};
 use axum::http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
-use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -23,10 +24,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::faults::{Fault, Faults, LoggedRequest, RateLimit, RequestLog, RetryAfter};
-use super::jobs::{Fate, JobModel, JobTable, Kind, Observation, Snapshot, JOB_ERROR};
+use super::jobs::{Fate, JobModel, JobTable, Kind, Observation};
+use super::shapes::{Rejection, Route, Shape};
 use super::SimulateArgs;
 
-const JSON_API: &str = "application/vnd.api+json";
+pub(crate) const JSON_API: &str = "application/vnd.api+json";
 /// Bodies of the job-creating requests are small; anything larger is refused.
 const MAX_BODY: usize = 1024 * 1024;
 /// How long `serve` waits for in-flight answers after shutdown.
@@ -113,6 +115,7 @@ pub(crate) async fn serve(
     tracing::info!(
         addr = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
         seed = inner.args.seed,
+        shape = %inner.args.shape,
         "simulator serving"
     );
     let tracker = TaskTracker::new();
@@ -227,15 +230,17 @@ async fn answer(
     req: Request<Incoming>,
     arrival: SystemTime,
 ) -> Result<Response<Body>, Dropped> {
+    let shape = inner.args.shape;
     if let Some(rate) = &inner.rate {
         if let Err(retry) = rate.check() {
-            return Ok(too_many_requests(&retry));
+            return Ok(too_many_requests(shape, &retry));
         }
     }
     let (parts, body) = req.into_parts();
-    let route = match Route::parse(&parts.method, parts.uri.path()) {
+    let path = parts.uri.path();
+    let route = match Route::parse(shape, &parts.method, path) {
         Ok(route) => route,
-        Err(rejection) => return Ok(rejection.into_response()),
+        Err(rejection) => return Ok(rejection.into_response(shape)),
     };
     // A status request is a poll of its job whatever is answered next, and the job's clock
     // starts at its first sight.
@@ -244,7 +249,7 @@ async fn answer(
         _ => None,
     };
     if !inner.authorized(&parts.headers) {
-        let mut r = error(
+        let mut r = shape.error(
             StatusCode::UNAUTHORIZED,
             "this simulator wants `Authorization: Bearer <its --token>`",
         );
@@ -263,7 +268,7 @@ async fn answer(
         Fault::Drop => return Err(Dropped),
         Fault::Error(status) => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            return Ok(error(status, "injected fault (--error-ratio)"));
+            return Ok(shape.error(status, "injected fault (--error-ratio)"));
         }
         Fault::Malformed(i) => {
             let (content_type, body) = MALFORMED[i % MALFORMED.len()];
@@ -272,137 +277,36 @@ async fn answer(
     }
     let now = SystemTime::now();
     Ok(match route {
-        Route::Status(kind, id) => job_status(inner, kind, &id, first_seen.unwrap_or(now), now),
+        Route::Status(kind, id) => {
+            job_status(inner, kind, &id, path, first_seen.unwrap_or(now), now)
+        }
         Route::Product(id) => get_product(inner, &id),
         Route::Copy(src) => match read_body(body).await {
             Ok(body) => copy(inner, &src, &body, now),
-            Err(r) => r.into_response(),
+            Err(r) => r.into_response(shape),
         },
         Route::DeleteFeatures(id) => match read_body(body).await {
             Ok(_) => delete_features(inner, &id, now),
-            Err(r) => r.into_response(),
+            Err(r) => r.into_response(shape),
         },
     })
 }
 
-/// The routes of `UPSTREAM.md`, with the product id decoded.
-enum Route<'a> {
-    Status(Kind, Cow<'a, str>),
-    Product(Cow<'a, str>),
-    Copy(Cow<'a, str>),
-    DeleteFeatures(Cow<'a, str>),
-}
-
-impl<'a> Route<'a> {
-    fn parse(method: &Method, path: &'a str) -> Result<Self, Rejection> {
-        // The real service lives under /vector/v2; accept it so either base URL works.
-        let path = match path.strip_prefix("/vector/v2") {
-            Some(rest) if rest.starts_with('/') => rest,
-            _ => path,
-        };
-        let not_found = || Rejection::new(StatusCode::NOT_FOUND, "no such route");
-        let rest = path.strip_prefix("/products/").ok_or_else(not_found)?;
-        let rest = rest.strip_suffix('/').unwrap_or(rest);
-        let (raw_id, tail) = rest.split_once('/').unwrap_or((rest, ""));
-        if raw_id.is_empty() {
-            return Err(not_found());
-        }
-        let (want, make): (Method, fn(Cow<'a, str>) -> Route<'a>) = match tail {
-            "search/copy/status" => (Method::GET, |id| Route::Status(Kind::Copy, id)),
-            "search/delete/status" => (Method::GET, |id| Route::Status(Kind::Delete, id)),
-            "" => (Method::GET, Route::Product),
-            "search/copy" => (Method::POST, Route::Copy),
-            "search" => (Method::DELETE, Route::DeleteFeatures),
-            _ => return Err(not_found()),
-        };
-        if *method != want {
-            return Err(Rejection {
-                status: StatusCode::METHOD_NOT_ALLOWED,
-                detail: format!("this route answers {want} only").into(),
-                allow: Some(want),
-            });
-        }
-        let id = percent_encoding::percent_decode_str(raw_id)
-            .decode_utf8()
-            .map_err(|_| {
-                Rejection::new(
-                    StatusCode::BAD_REQUEST,
-                    "the product id is not UTF-8 once percent-decoded",
-                )
-            })?;
-        Ok(make(id))
-    }
-}
-
+/// The status answer of a job, in the served shape. `path` is the request's, as received.
 fn job_status(
     inner: &Inner,
     kind: Kind,
     id: &str,
+    path: &str,
     seen: SystemTime,
     now: SystemTime,
 ) -> Response<Body> {
-    let what = match kind {
-        Kind::Copy => "copy",
-        Kind::Delete => "delete",
-    };
+    let shape = inner.args.shape;
     match inner.model.profile(kind, id).at(seen, now) {
-        Observation::NotFound | Observation::NotYetVisible => error(
-            StatusCode::NOT_FOUND,
-            &format!("no {what} job for product `{id}`"),
-        ),
-        Observation::BadRequest => error(
-            StatusCode::BAD_REQUEST,
-            &format!("the {what} job of product `{id}` could not begin execution"),
-        ),
-        Observation::Job(snapshot) => status_document(kind, id, &snapshot),
+        Observation::NotFound | Observation::NotYetVisible => shape.job_not_found(kind, id),
+        Observation::BadRequest => shape.job_bad_request(kind, id),
+        Observation::Job(snapshot) => shape.job_document(kind, id, path, &snapshot),
     }
-}
-
-#[derive(Serialize)]
-struct StatusDocument<'a> {
-    data: StatusData<'a>,
-}
-
-#[derive(Serialize)]
-struct StatusData<'a> {
-    id: &'a str,
-    #[serde(rename = "type")]
-    kind: &'static str,
-    attributes: StatusAttributes<'a>,
-}
-
-#[derive(Serialize)]
-struct StatusAttributes<'a> {
-    state: &'a str,
-    created: String,
-    started: Option<String>,
-    ended: Option<String>,
-    errors: &'a [&'a str],
-}
-
-fn status_document(kind: Kind, id: &str, s: &Snapshot<'_>) -> Response<Body> {
-    let errors: &[&str] = if s.errors { &[JOB_ERROR] } else { &[] };
-    let doc = StatusDocument {
-        data: StatusData {
-            id,
-            kind: kind.job_type(),
-            attributes: StatusAttributes {
-                state: s.state,
-                created: timestamp(s.created),
-                started: s.started.map(timestamp),
-                ended: s.ended.map(timestamp),
-                errors,
-            },
-        },
-    };
-    json_response(StatusCode::OK, &doc)
-}
-
-/// RFC 3339 with microseconds and an explicit offset, as the real service writes them.
-fn timestamp(t: SystemTime) -> String {
-    chrono::DateTime::<chrono::Utc>::from(t)
-        .format("%Y-%m-%dT%H:%M:%S%.6f+00:00")
-        .to_string()
 }
 
 fn fate_of_product<'m>(inner: &'m Inner, id: &str) -> Fate<'m> {
@@ -412,14 +316,14 @@ fn fate_of_product<'m>(inner: &'m Inner, id: &str) -> Fate<'m> {
 
 fn get_product(inner: &Inner, id: &str) -> Response<Body> {
     if fate_of_product(inner, id) == Fate::NotFound {
-        return error(StatusCode::NOT_FOUND, &format!("no product `{id}`"));
+        return vector_error(StatusCode::NOT_FOUND, &format!("no product `{id}`"));
     }
     product_document(inner, id)
 }
 
 fn copy(inner: &Inner, src: &str, body: &Bytes, now: SystemTime) -> Response<Body> {
     if fate_of_product(inner, src) == Fate::NotFound {
-        return error(StatusCode::NOT_FOUND, &format!("no product `{src}`"));
+        return vector_error(StatusCode::NOT_FOUND, &format!("no product `{src}`"));
     }
     let doc: Value = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Null
@@ -427,7 +331,7 @@ fn copy(inner: &Inner, src: &str, body: &Bytes, now: SystemTime) -> Response<Bod
         match serde_json::from_slice(body) {
             Ok(v) => v,
             Err(e) => {
-                return error(
+                return vector_error(
                     StatusCode::BAD_REQUEST,
                     &format!("the body is not JSON: {e}"),
                 )
@@ -450,13 +354,13 @@ fn copy(inner: &Inner, src: &str, body: &Bytes, now: SystemTime) -> Response<Bod
     .find_map(Value::as_str)
     .filter(|s| !s.is_empty());
     let Some(dst) = dst else {
-        return error(
+        return vector_error(
             StatusCode::BAD_REQUEST,
             "the body names no new product id (expected `{\"product\": {\"id\": ...}}`)",
         );
     };
     if fate_of_product(inner, dst) == Fate::BadRequest {
-        return error(
+        return vector_error(
             StatusCode::BAD_REQUEST,
             &format!("the copy to product `{dst}` could not begin execution"),
         );
@@ -474,8 +378,8 @@ fn copy(inner: &Inner, src: &str, body: &Bytes, now: SystemTime) -> Response<Bod
 
 fn delete_features(inner: &Inner, id: &str, now: SystemTime) -> Response<Body> {
     match fate_of_product(inner, id) {
-        Fate::NotFound => error(StatusCode::NOT_FOUND, &format!("no product `{id}`")),
-        Fate::BadRequest => error(
+        Fate::NotFound => vector_error(StatusCode::NOT_FOUND, &format!("no product `{id}`")),
+        Fate::BadRequest => vector_error(
             StatusCode::BAD_REQUEST,
             &format!("the delete in product `{id}` could not begin execution"),
         ),
@@ -507,6 +411,7 @@ fn product_document(inner: &Inner, id: &str) -> Response<Body> {
     }
     json_response(
         StatusCode::OK,
+        JSON_API,
         &json!({"data": {"id": id, "type": "product", "attributes": attributes}}),
     )
 }
@@ -521,36 +426,8 @@ async fn read_body(body: Incoming) -> Result<Bytes, Rejection> {
         })
 }
 
-/// A request refused before it reaches a job.
-struct Rejection {
-    status: StatusCode,
-    detail: Cow<'static, str>,
-    allow: Option<Method>,
-}
-
-impl Rejection {
-    fn new(status: StatusCode, detail: &'static str) -> Self {
-        Self {
-            status,
-            detail: detail.into(),
-            allow: None,
-        }
-    }
-
-    fn into_response(self) -> Response<Body> {
-        let mut r = error(self.status, &self.detail);
-        if let Some(allow) = self
-            .allow
-            .and_then(|m| HeaderValue::from_str(m.as_str()).ok())
-        {
-            r.headers_mut().insert(axum::http::header::ALLOW, allow);
-        }
-        r
-    }
-}
-
-fn too_many_requests(retry: &RetryAfter) -> Response<Body> {
-    let mut r = error(
+fn too_many_requests(shape: Shape, retry: &RetryAfter) -> Response<Body> {
+    let mut r = shape.error(
         StatusCode::TOO_MANY_REQUESTS,
         &format!(
             "over the rate limit of {} requests/s; retry after {} s",
@@ -567,21 +444,18 @@ fn too_many_requests(retry: &RetryAfter) -> Response<Body> {
     r
 }
 
-/// A JSON:API error document.
-fn error(status: StatusCode, detail: &str) -> Response<Body> {
-    json_response(
-        status,
-        &json!({"errors": [{
-            "status": status.as_str(),
-            "title": status.canonical_reason().unwrap_or("Error"),
-            "detail": detail,
-        }]}),
-    )
+/// An error of the Vector shape's own routes (products and the job-creating ones).
+fn vector_error(status: StatusCode, detail: &str) -> Response<Body> {
+    Shape::Vector.error(status, detail)
 }
 
-fn json_response<T: Serialize>(status: StatusCode, doc: &T) -> Response<Body> {
+pub(crate) fn json_response<T: Serialize>(
+    status: StatusCode,
+    content_type: &'static str,
+    doc: &T,
+) -> Response<Body> {
     match serde_json::to_vec(doc) {
-        Ok(bytes) => respond(status, JSON_API, bytes),
+        Ok(bytes) => respond(status, content_type, bytes),
         // Only maps with non-string keys fail to serialize; none are built here.
         Err(e) => respond(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -603,7 +477,8 @@ fn respond(
     r
 }
 
-/// Bodies answered with a 200 by `--malformed-ratio`: none is a status document.
+/// Bodies answered with a 200 by `--malformed-ratio`, whatever the shape: none is a status
+/// document of any shape.
 pub(crate) const MALFORMED: [(&str, &str); 5] = [
     (
         JSON_API,

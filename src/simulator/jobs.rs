@@ -3,6 +3,11 @@
 //! A job's profile (when it becomes visible, how long it runs, how it ends) is a pure function
 //! of `(seed, kind, id)` and the options, so a run can be replayed; only the moment the
 //! simulator first saw the job is state, kept in a sharded table.
+//!
+//! A job's life is told in Vector's words (PENDING, RUNNING, PAUSED for a value the API does
+//! not document); how it ends is told in the served shape's own values (`Shape::translate`
+//! turns the Vector end an id prefix or `--mix` names into the shape's, `end-<value>-` names
+//! the shape's value directly). Every shape but vector has one kind of job, hashed as `copy`.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -10,6 +15,7 @@ use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
+use super::shapes::Shape;
 use super::SimulateArgs;
 
 /// The two kinds of Vector jobs.
@@ -33,6 +39,14 @@ impl Kind {
         match self {
             Self::Copy => "copy_job",
             Self::Delete => "delete_job",
+        }
+    }
+
+    /// The kind as `polls_of` and `job_end` name it.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Copy => "copy",
+            Self::Delete => "delete",
         }
     }
 
@@ -151,12 +165,14 @@ impl fmt::Display for OutcomeMix {
 /// How a job behaves over its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Fate<'a> {
-    /// PENDING, RUNNING, then `state` for ever after its running time.
+    /// PENDING, RUNNING, then `state` for ever after its running time: the served shape's own
+    /// final value (for vector, the state and whether `errors` is non-empty; the other shapes
+    /// never set `errors`).
     Finish {
         state: &'a str,
         errors: bool,
     },
-    /// This state from the start, for ever.
+    /// This state from the start, for ever: [`PENDING`], [`RUNNING`] or [`UNKNOWN`].
     Forever(&'static str),
     NotFound,
     BadRequest,
@@ -192,6 +208,37 @@ pub(crate) struct Snapshot<'a> {
 /// The text of the one error a job that ends "with errors" reports.
 pub(crate) const JOB_ERROR: &str = "simulated error: some features could not be processed";
 
+/// The state of a job that has not started yet.
+pub(crate) const PENDING: &str = "PENDING";
+/// The state of a job that has started and not ended.
+pub(crate) const RUNNING: &str = "RUNNING";
+/// The state of an `unknown-` job: a value the contract does not document.
+pub(crate) const UNKNOWN: &str = "PAUSED";
+
+/// Where a job is in its life, for the shapes to render.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase<'a> {
+    Pending,
+    Running,
+    /// In a state the API does not document (`unknown-`), for ever.
+    Unknown,
+    /// Ended with this final value of the served shape.
+    Ended(&'a str),
+}
+
+impl<'a> Snapshot<'a> {
+    pub(crate) fn phase(&self) -> Phase<'a> {
+        if self.ended.is_some() {
+            return Phase::Ended(self.state);
+        }
+        match self.state {
+            PENDING => Phase::Pending,
+            RUNNING => Phase::Running,
+            _ => Phase::Unknown,
+        }
+    }
+}
+
 impl<'a> Profile<'a> {
     /// The job as seen at `now`, when first seen at `seen`.
     pub(crate) fn at(&self, seen: SystemTime, now: SystemTime) -> Observation<'a> {
@@ -214,16 +261,16 @@ impl<'a> Profile<'a> {
             })
         };
         match self.fate {
-            Fate::Forever(state @ "PENDING") => snapshot(state, None, None, false),
+            Fate::Forever(state @ PENDING) => snapshot(state, None, None, false),
             Fate::Forever(state) => snapshot(state, Some(created), None, false),
             Fate::Finish { state, errors } => {
                 // Real jobs queue for a while before they start.
                 let pending_for = self.running / 5;
                 let started = created + pending_for;
                 if elapsed < pending_for {
-                    snapshot("PENDING", None, None, false)
+                    snapshot(PENDING, None, None, false)
                 } else if elapsed < self.running {
-                    snapshot("RUNNING", Some(started), None, false)
+                    snapshot(RUNNING, Some(started), None, false)
                 } else {
                     let ended = created + self.running;
                     snapshot(state, Some(started), Some(ended), errors)
@@ -245,6 +292,7 @@ impl<'a> Profile<'a> {
 /// Turns `(kind, id)` into a profile, from the options.
 #[derive(Debug)]
 pub(crate) struct JobModel {
+    shape: Shape,
     seed: u64,
     min_running: Duration,
     max_running: Duration,
@@ -262,6 +310,7 @@ impl JobModel {
             (args.max_running, args.min_running)
         };
         Self {
+            shape: args.shape,
             seed: args.seed,
             min_running,
             max_running,
@@ -286,32 +335,49 @@ impl JobModel {
                 visible_after = self.not_yet_for;
                 rest = r;
             }
-            let prefix = rest.split_once('-').map(|(p, _)| p).unwrap_or("");
+            let (prefix, after) = rest.split_once('-').unwrap_or(("", rest));
             match prefix {
-                "succeed" => finish("SUCCESS", false),
-                "done" => finish("DONE", false),
-                "doneerr" => finish("DONE", true),
-                "successerr" => finish("SUCCESS", true),
-                "failed" => finish("FAILED", false),
-                "failure" => finish("FAILURE", false),
-                "unknown" => Fate::Forever("PAUSED"),
-                "pending" => Fate::Forever("PENDING"),
-                "running" => Fate::Forever("RUNNING"),
+                "succeed" => self.ends("SUCCESS", false),
+                "done" => self.ends("DONE", false),
+                "doneerr" => self.ends("DONE", true),
+                "successerr" => self.ends("SUCCESS", true),
+                "failed" => self.ends("FAILED", false),
+                "failure" => self.ends("FAILURE", false),
+                "unknown" => Fate::Forever(UNKNOWN),
+                "pending" => Fate::Forever(PENDING),
+                "running" => Fate::Forever(RUNNING),
                 "notfound" => Fate::NotFound,
                 "badrequest" => Fate::BadRequest,
-                _ => match self.mix.pick(splitmix64(h ^ 0x4f55_5443_4f4d_4500)) {
-                    Some(e) => Fate::Finish {
-                        state: &e.state,
-                        errors: e.errors,
-                    },
-                    None => finish("SUCCESS", false),
+                // `end-<value>-<rest>`: the shape's own terminal value, as written. A value
+                // the shape does not have makes no prefix, like any other unknown prefix.
+                "end" => match after
+                    .split_once('-')
+                    .and_then(|(value, _)| self.shape.terminal_value(value))
+                {
+                    Some(value) => finish(value, false),
+                    None => self.drawn(h),
                 },
+                _ => self.drawn(h),
             }
         };
         Profile {
             visible_after,
             running,
             fate,
+        }
+    }
+
+    /// A Vector end, as the served shape ends.
+    fn ends<'a>(&'a self, state: &'a str, errors: bool) -> Fate<'a> {
+        let (state, errors) = self.shape.translate(state, errors);
+        Fate::Finish { state, errors }
+    }
+
+    /// The end `--mix` draws for an id without a behaviour prefix.
+    fn drawn(&self, h: u64) -> Fate<'_> {
+        match self.mix.pick(splitmix64(h ^ 0x4f55_5443_4f4d_4500)) {
+            Some(e) => self.ends(&e.state, e.errors),
+            None => self.ends("SUCCESS", false),
         }
     }
 
@@ -542,6 +608,96 @@ mod tests {
         assert_eq!(state(p.running / 2), "RUNNING");
         assert_eq!(state(p.running), "FAILED");
         assert_eq!(p.end(t0), Some(t0 + p.running));
+    }
+
+    fn shaped(shape: Shape, mix: &str) -> JobModel {
+        JobModel::new(&SimulateArgs {
+            shape,
+            mix: mix.parse().unwrap(),
+            ..SimulateArgs::default()
+        })
+    }
+
+    #[test]
+    fn other_shapes_translate_prefixes_and_mix_entries_into_their_values() {
+        let m = shaped(Shape::OpenaiBatch, "SUCCESS=1");
+        let fate = |id: &str| m.profile(Kind::Copy, id).fate;
+        assert_eq!(fate("succeed-1"), finish("completed", false));
+        assert_eq!(fate("done-1"), finish("completed", false));
+        for id in ["doneerr-1", "successerr-1", "failed-1", "failure-1"] {
+            assert_eq!(fate(id), finish("failed", false), "{id}");
+        }
+        // The life states stay the model's; the shape renders them.
+        assert_eq!(fate("unknown-1"), Fate::Forever(UNKNOWN));
+        assert_eq!(fate("pending-1"), Fate::Forever(PENDING));
+        assert_eq!(fate("any-id"), finish("completed", false));
+        for (shape, mix, end) in [
+            (Shape::GithubActions, "DONE+errors=1", "failure"),
+            (Shape::Replicate, "FAILURE=1", "failed"),
+            (Shape::GoogleLro, "DONE=1", "response"),
+            // A name that is no Vector end is the shape's own value.
+            (Shape::OpenaiBatch, "expired=1", "expired"),
+            (Shape::Vector, "DONE+errors=1", "DONE"),
+        ] {
+            let m = shaped(shape, mix);
+            let errors = shape == Shape::Vector;
+            assert_eq!(
+                m.profile(Kind::Copy, "x").fate,
+                finish(end, errors),
+                "{shape} {mix}"
+            );
+        }
+    }
+
+    #[test]
+    fn end_names_the_shapes_own_terminal_value() {
+        for (shape, value) in [
+            (Shape::Vector, "DONE"),
+            (Shape::Vector, "FAILURE"),
+            (Shape::GoogleLro, "error"),
+            (Shape::OpenaiBatch, "cancelled"),
+            (Shape::Replicate, "aborted"),
+            (Shape::GithubActions, "timed_out"),
+            (Shape::GithubActions, "startup_failure"),
+        ] {
+            let m = shaped(shape, "SUCCESS=1");
+            let p = m.profile(Kind::Copy, &format!("end-{value}-x"));
+            assert_eq!(p.fate, finish(value, false), "{shape} {value}");
+            let p = m.profile(Kind::Copy, &format!("notyet-end-{value}-x"));
+            assert_eq!(p.fate, finish(value, false), "{shape} notyet {value}");
+            assert!(p.visible_after > Duration::ZERO);
+        }
+        // A value the shape does not have (or no value) makes no prefix: the mix decides.
+        let m = shaped(Shape::OpenaiBatch, "FAILED=1");
+        for id in ["end-SUCCESS-x", "end-bogus-x", "end-completed", "end--x"] {
+            assert_eq!(
+                m.profile(Kind::Copy, id).fate,
+                finish("failed", false),
+                "{id}"
+            );
+        }
+        let m = shaped(Shape::Vector, "FAILED=1");
+        assert_eq!(
+            m.profile(Kind::Copy, "end-completed-x").fate,
+            finish("FAILED", false)
+        );
+    }
+
+    #[test]
+    fn a_snapshot_tells_its_phase() {
+        let m = shaped(Shape::Replicate, "SUCCESS=1");
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let phase = |id: &str, after: Duration| match m.profile(Kind::Copy, id).at(t0, t0 + after) {
+            Observation::Job(s) => s.phase(),
+            other => panic!("{other:?}"),
+        };
+        let p = m.profile(Kind::Copy, "end-canceled-a");
+        assert_eq!(phase("end-canceled-a", Duration::ZERO), Phase::Pending);
+        assert_eq!(phase("end-canceled-a", p.running / 2), Phase::Running);
+        assert_eq!(phase("end-canceled-a", p.running), Phase::Ended("canceled"));
+        assert_eq!(phase("unknown-a", Duration::from_secs(99)), Phase::Unknown);
+        assert_eq!(phase("running-a", Duration::from_secs(99)), Phase::Running);
+        assert_eq!(phase("pending-a", Duration::from_secs(99)), Phase::Pending);
     }
 
     #[test]

@@ -1,17 +1,23 @@
-//! A stand-in for the Vector API v2 upstream (`jobwatch simulate`).
+//! A stand-in for the Vector API v2 upstream (`jobwatch simulate`), and for other public
+//! job-status APIs (`--shape`).
 //!
-//! It serves the wire contract of `UPSTREAM.md` (status endpoints and the job-creating ones) so
-//! that jobwatch can be tried, tested and benchmarked with no account. Jobs are deterministic
-//! from `(kind, id, seed)`; chosen behaviours are picked by id prefix; faults (rate limiting,
-//! 5xx, malformed bodies, dropped connections, slow answers, a bearer token) are injected on
-//! request. `docs/simulator.md` is the user's guide.
+//! By default it serves the wire contract of `UPSTREAM.md` (status endpoints and the
+//! job-creating ones) so that jobwatch can be tried, tested and benchmarked with no account;
+//! `--shape` makes it serve the status route of a google.longrunning.Operation, an OpenAI
+//! Batch, a Replicate prediction or a GitHub Actions workflow run instead. Jobs are
+//! deterministic from `(kind, id, seed)`; chosen behaviours are picked by id prefix; faults
+//! (rate limiting, 5xx, malformed bodies, dropped connections, slow answers, a bearer token)
+//! are injected on request, the same for every shape. `docs/simulator.md` is the user's guide.
 //!
 //! Layout: `jobs` owns the job model (what a job answers at a given time), `faults` the
-//! rate limit, fault draws and the request log, `http` the connections, routing and documents.
+//! rate limit, fault draws and the request log, `shapes` each shape's routes, documents and
+//! error bodies, `http` the connections, the order of the checks and the Vector job-creating
+//! routes.
 
 mod faults;
 mod http;
 mod jobs;
+mod shapes;
 #[cfg(test)]
 mod tests;
 
@@ -25,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use faults::{LoggedRequest, RetryAfterForm};
 pub use jobs::{MixEntry, OutcomeMix, ParseMixError};
+pub use shapes::Shape;
 
 /// Options of `jobwatch simulate`.
 ///
@@ -33,14 +40,21 @@ pub use jobs::{MixEntry, OutcomeMix, ParseMixError};
 /// errors, `failed-` FAILED, `failure-` FAILURE (each after its drawn running time);
 /// `unknown-` the state PAUSED forever, `pending-` PENDING forever, `running-` RUNNING forever;
 /// `notfound-` 404 always, `badrequest-` 400 always; `notyet-<rest>` 404 for `--not-yet-for`
-/// after first sight, then behaves as `<rest>` would. Any other id draws its final state from
-/// `--mix`. A job's clock starts the first time the simulator sees it (a status request or the
-/// request that creates it); it is PENDING for the first 20% of its running time, then RUNNING.
+/// after first sight, then behaves as `<rest>` would; `end-<value>-<rest>` ends with the
+/// shape's own terminal value `<value>` (e.g. `end-DONE-x`, `end-expired-x`) after its drawn
+/// running time. Any other id draws its final state from `--mix`. A job's clock starts the first time the
+/// simulator sees it (a status request or the request that creates it); it is PENDING for the
+/// first 20% of its running time, then RUNNING. With another `--shape` than vector, the same
+/// prefixes are translated into the shape's values (docs/simulator.md has the tables).
 #[derive(clap::Args, Debug, Clone)]
 pub struct SimulateArgs {
     /// Address to serve on.
     #[arg(long, default_value = "127.0.0.1:9090")]
     pub listen: SocketAddr,
+
+    /// The job-status API to serve: its routes, documents, values and error bodies.
+    #[arg(long, value_enum, default_value_t = Shape::Vector)]
+    pub shape: Shape,
 
     /// Seed of every draw: the same seed gives every id the same running time and final state,
     /// and the same distribution of injected faults.
@@ -191,6 +205,11 @@ impl Simulator {
         &self.inner.args
     }
 
+    /// The job-status API it serves.
+    pub fn shape(&self) -> Shape {
+        self.inner.args.shape
+    }
+
     /// Serves on `listener` until `shutdown` is cancelled, then lets in-flight answers finish
     /// (for a short grace) and flushes the request log.
     pub async fn serve(
@@ -220,14 +239,15 @@ impl Simulator {
     }
 
     /// Number of status requests received for the job `(kind, id)` (`kind` is `copy` or
-    /// `delete`, `id` decoded). Requests answered 429 are not counted: they never reached the job.
+    /// `delete`, `id` decoded; every shape but vector has the one kind `copy`). Requests
+    /// answered 429 are not counted: they never reached the job.
     pub fn polls_of(&self, kind: &str, id: &str) -> u64 {
         self.inner.polls_of(kind, id)
     }
 
     /// When the job `(kind, id)` ended or will end, if the simulator has seen it and it ends
     /// at all (`None` for unseen jobs, and for `pending-`, `running-`, `unknown-`, `notfound-`,
-    /// `badrequest-` ids).
+    /// `badrequest-` ids). Every shape but vector has the one kind `copy`.
     pub fn job_end(&self, kind: &str, id: &str) -> Option<SystemTime> {
         self.inner.job_end(kind, id)
     }

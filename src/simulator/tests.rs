@@ -600,3 +600,706 @@ async fn slow_answers_wait_the_slow_delay() {
     assert!(t.elapsed() >= Duration::from_millis(150));
     s.stop().await;
 }
+
+// ---- shapes ----------------------------------------------------------------------------------
+
+use super::jobs::JOB_ERROR;
+
+/// Every shape but vector.
+const OTHER_SHAPES: [Shape; 4] = [
+    Shape::GoogleLro,
+    Shape::OpenaiBatch,
+    Shape::Replicate,
+    Shape::GithubActions,
+];
+
+fn shaped(shape: Shape) -> SimulateArgs {
+    SimulateArgs { shape, ..fast() }
+}
+
+/// The status path of `encoded_id` in `shape`.
+fn path_of(shape: Shape, encoded_id: &str) -> String {
+    match shape {
+        Shape::Vector => format!("/products/{encoded_id}/search/copy/status"),
+        Shape::GoogleLro => format!("/v1/operations/{encoded_id}"),
+        Shape::OpenaiBatch => format!("/v1/batches/{encoded_id}"),
+        Shape::Replicate => format!("/v1/predictions/{encoded_id}"),
+        Shape::GithubActions => format!("/repos/o/r/actions/runs/{encoded_id}"),
+    }
+}
+
+/// The final value a document shows, in the shape's words (`null` while not ended).
+fn end_value(shape: Shape, doc: &Value) -> Value {
+    match shape {
+        Shape::Vector => attr(doc, "state").clone(),
+        Shape::GoogleLro if doc["done"] != true => Value::Null,
+        Shape::GoogleLro if doc["error"].is_object() => "error".into(),
+        Shape::GoogleLro if doc["response"].is_object() => "response".into(),
+        Shape::GoogleLro => "neither".into(),
+        Shape::OpenaiBatch | Shape::Replicate => doc["status"].clone(),
+        Shape::GithubActions => doc["conclusion"].clone(),
+    }
+}
+
+fn keys(doc: &Value) -> Vec<&str> {
+    let mut keys: Vec<&str> = doc
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    keys
+}
+
+fn is_utc_rfc3339(v: &Value) -> bool {
+    v.as_str().is_some_and(|s| s.ends_with('Z')) && time_of(v).offset().local_minus_utc() == 0
+}
+
+impl Running {
+    async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// A 200 JSON document of a non-vector shape.
+    async fn json_at(&self, path: &str) -> Value {
+        let r = self.get(path).await;
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(r.headers()["content-type"], "application/json", "{path}");
+        r.json().await.unwrap()
+    }
+
+    /// Sees every job of `ids` (decoded, used as they are in paths), waits until they have all
+    /// ended, and returns their documents.
+    async fn ended_docs(&self, shape: Shape, ids: &[&str]) -> Vec<Value> {
+        for id in ids {
+            self.get(&path_of(shape, id)).await;
+        }
+        for id in ids {
+            let end = self.sim.job_end("copy", id).expect("a seen job ends");
+            let wait = end.duration_since(SystemTime::now()).unwrap_or_default();
+            tokio::time::sleep(wait + Duration::from_millis(10)).await;
+        }
+        let mut docs = Vec::new();
+        for id in ids {
+            docs.push(self.json_at(&path_of(shape, id)).await);
+        }
+        docs
+    }
+}
+
+/// Checks that `doc` is `shape`'s error body for `status`.
+fn assert_error_form(shape: Shape, status: u16, doc: &Value) {
+    match shape {
+        Shape::Vector => assert_eq!(doc["errors"][0]["status"], status.to_string(), "{doc}"),
+        Shape::GoogleLro => {
+            assert_eq!(keys(doc), ["error"], "{doc}");
+            assert_eq!(keys(&doc["error"]), ["code", "message", "status"], "{doc}");
+            assert_eq!(doc["error"]["code"], status, "{doc}");
+            assert!(doc["error"]["message"].is_string(), "{doc}");
+            let want = match status {
+                400 => "INVALID_ARGUMENT",
+                401 => "UNAUTHENTICATED",
+                404 => "NOT_FOUND",
+                405 => "UNIMPLEMENTED",
+                429 => "RESOURCE_EXHAUSTED",
+                500 => "INTERNAL",
+                502 | 503 => "UNAVAILABLE",
+                504 => "DEADLINE_EXCEEDED",
+                other => panic!("no google status for {other}"),
+            };
+            assert_eq!(doc["error"]["status"], want, "{doc}");
+        }
+        Shape::OpenaiBatch => {
+            assert_eq!(keys(doc), ["error"], "{doc}");
+            assert_eq!(
+                keys(&doc["error"]),
+                ["code", "message", "param", "type"],
+                "{doc}"
+            );
+            assert!(doc["error"]["message"].is_string(), "{doc}");
+            assert!(doc["error"]["param"].is_null(), "{doc}");
+            let want = match status {
+                429 => "requests",
+                s if s >= 500 => "server_error",
+                _ => "invalid_request_error",
+            };
+            assert_eq!(doc["error"]["type"], want, "{doc}");
+        }
+        Shape::Replicate => {
+            assert_eq!(keys(doc), ["detail", "status", "title"], "{doc}");
+            assert_eq!(doc["status"], status, "{doc}");
+            assert!(
+                doc["title"].is_string() && doc["detail"].is_string(),
+                "{doc}"
+            );
+        }
+        Shape::GithubActions => {
+            assert_eq!(
+                keys(doc),
+                ["documentation_url", "message", "status"],
+                "{doc}"
+            );
+            assert_eq!(doc["status"], status.to_string(), "{doc}");
+            assert_eq!(doc["documentation_url"], "https://docs.github.com/rest");
+            let want = match status {
+                400 => "Bad Request",
+                401 => "Bad credentials",
+                404 => "Not Found",
+                405 => "Method Not Allowed",
+                429 => "API rate limit exceeded",
+                _ => return assert!(doc["message"].is_string(), "{doc}"),
+            };
+            assert_eq!(doc["message"], want, "{doc}");
+        }
+    }
+}
+
+#[test]
+fn the_shape_flag_defaults_to_vector_and_names_every_shape() {
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: SimulateArgs,
+    }
+    let parse = |args: &[&str]| <Cli as clap::Parser>::try_parse_from(args).map(|c| c.args.shape);
+    assert_eq!(parse(&["simulate"]).unwrap(), Shape::Vector);
+    assert_eq!(SimulateArgs::default().shape, Shape::Vector);
+    assert_eq!(Simulator::new(fast()).shape(), Shape::Vector);
+    for (name, shape) in [
+        ("vector", Shape::Vector),
+        ("google-lro", Shape::GoogleLro),
+        ("openai-batch", Shape::OpenaiBatch),
+        ("replicate", Shape::Replicate),
+        ("github-actions", Shape::GithubActions),
+    ] {
+        assert_eq!(parse(&["simulate", "--shape", name]).unwrap(), shape);
+        assert_eq!(shape.to_string(), name);
+        assert_eq!(Simulator::new(shaped(shape)).shape(), shape);
+    }
+    assert!(parse(&["simulate", "--shape=aws"]).is_err());
+}
+
+#[tokio::test]
+async fn a_google_lro_operation_is_running_until_done_with_a_response_or_an_error() {
+    let s = start(shaped(Shape::GoogleLro)).await;
+    let running = s.json_at("/v1/operations/succeed-g").await;
+    assert_eq!(keys(&running), ["metadata", "name"], "{running}");
+    assert_eq!(running["name"], "operations/succeed-g");
+    assert_eq!(
+        running["metadata"]["@type"],
+        "type.googleapis.com/google.cloud.common.OperationMetadata"
+    );
+    assert!(
+        is_utc_rfc3339(&running["metadata"]["createTime"]),
+        "{running}"
+    );
+    assert!(running["metadata"].get("endTime").is_none(), "{running}");
+    // The alias without /v1 is the same operation.
+    let alias = s.json_at("/operations/succeed-g").await;
+    assert_eq!(alias["name"], "operations/succeed-g");
+    assert_eq!(s.sim.polls_of("copy", "succeed-g"), 2);
+
+    let ids = ["succeed-g", "failed-g", "end-response-g", "end-error-g"];
+    let docs = s.ended_docs(Shape::GoogleLro, &ids).await;
+    for (id, doc) in ids.iter().zip(&docs) {
+        assert_eq!(doc["name"], format!("operations/{id}"));
+        assert_eq!(doc["done"], true, "{doc}");
+        let (created, ended) = (
+            time_of(&doc["metadata"]["createTime"]),
+            time_of(&doc["metadata"]["endTime"]),
+        );
+        assert!(is_utc_rfc3339(&doc["metadata"]["endTime"]) && created <= ended);
+        if id.contains("succeed") || id.contains("response") {
+            assert_eq!(keys(doc), ["done", "metadata", "name", "response"], "{doc}");
+            assert_eq!(
+                doc["response"],
+                serde_json::json!({"@type": "type.googleapis.com/google.protobuf.Empty"})
+            );
+        } else {
+            assert_eq!(keys(doc), ["done", "error", "metadata", "name"], "{doc}");
+            assert_eq!(
+                doc["error"],
+                serde_json::json!({"code": 13, "message": JOB_ERROR, "details": []})
+            );
+        }
+    }
+    // No state string: unknown and pending operations look running, for ever.
+    for id in ["unknown-g", "pending-g", "running-g"] {
+        s.get(&path_of(Shape::GoogleLro, id)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for id in ["unknown-g", "pending-g", "running-g"] {
+        let doc = s.json_at(&path_of(Shape::GoogleLro, id)).await;
+        assert_eq!(keys(&doc), ["metadata", "name"], "{doc}");
+        assert_eq!(s.sim.job_end("copy", id), None);
+    }
+    s.stop().await;
+}
+
+const BATCH_KEYS: [&str; 20] = [
+    "cancelled_at",
+    "cancelling_at",
+    "completed_at",
+    "completion_window",
+    "created_at",
+    "endpoint",
+    "error_file_id",
+    "errors",
+    "expired_at",
+    "expires_at",
+    "failed_at",
+    "finalizing_at",
+    "id",
+    "in_progress_at",
+    "input_file_id",
+    "metadata",
+    "object",
+    "output_file_id",
+    "request_counts",
+    "status",
+];
+
+#[tokio::test]
+async fn an_openai_batch_is_validating_then_in_progress_then_ends_with_its_timestamp() {
+    let s = start(shaped(Shape::OpenaiBatch)).await;
+    let first = s.json_at("/v1/batches/succeed-o").await;
+    assert_eq!(keys(&first), BATCH_KEYS, "{first}");
+    assert_eq!(first["id"], "succeed-o");
+    assert_eq!(first["object"], "batch");
+    assert_eq!(first["endpoint"], "/v1/chat/completions");
+    assert_eq!(first["input_file_id"], "file-sim");
+    assert_eq!(first["completion_window"], "24h");
+    assert_eq!(first["status"], "validating");
+    let created = first["created_at"]
+        .as_u64()
+        .expect("created_at is an integer");
+    assert_eq!(first["expires_at"], created + 86_400);
+    for null in [
+        "errors",
+        "output_file_id",
+        "error_file_id",
+        "in_progress_at",
+        "finalizing_at",
+        "completed_at",
+        "failed_at",
+        "expired_at",
+        "cancelling_at",
+        "cancelled_at",
+        "metadata",
+    ] {
+        assert!(first[null].is_null(), "{null}: {first}");
+    }
+    assert_eq!(
+        first["request_counts"],
+        serde_json::json!({"total": 0, "completed": 0, "failed": 0})
+    );
+    assert_eq!(s.json_at("/batches/succeed-o").await["id"], "succeed-o");
+
+    let running = s.json_at("/v1/batches/running-o").await;
+    assert_eq!(running["status"], "in_progress");
+    assert!(running["in_progress_at"].as_u64().unwrap() >= created);
+    assert_eq!(s.json_at("/v1/batches/unknown-o").await["status"], "paused");
+
+    let cases = [
+        ("succeed-o", "completed", "completed_at"),
+        ("doneerr-o", "failed", "failed_at"),
+        ("end-failed-o", "failed", "failed_at"),
+        ("end-expired-o", "expired", "expired_at"),
+        ("end-cancelled-o", "cancelled", "cancelled_at"),
+    ];
+    let ids: Vec<&str> = cases.iter().map(|c| c.0).collect();
+    let docs = s.ended_docs(Shape::OpenaiBatch, &ids).await;
+    for ((id, status, at), doc) in cases.iter().zip(&docs) {
+        assert_eq!(keys(doc), BATCH_KEYS, "{doc}");
+        assert_eq!(doc["status"], *status, "{id}");
+        let ended = doc[at].as_u64().unwrap_or_else(|| panic!("{at}: {doc}"));
+        assert!(ended >= doc["in_progress_at"].as_u64().unwrap());
+        for other in ["completed_at", "failed_at", "expired_at", "cancelled_at"] {
+            assert_eq!(doc[other].is_null(), other != *at, "{other}: {doc}");
+        }
+        if *status == "failed" {
+            assert_eq!(
+                doc["errors"],
+                serde_json::json!({"object": "list", "data": [{
+                    "code": "invalid_request", "message": JOB_ERROR,
+                    "param": null, "line": null}]})
+            );
+        } else {
+            assert!(doc["errors"].is_null(), "{doc}");
+        }
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_replicate_prediction_starts_then_processes_then_ends() {
+    let s = start(shaped(Shape::Replicate)).await;
+    let first = s.json_at("/v1/predictions/succeed-r").await;
+    assert_eq!(
+        keys(&first),
+        [
+            "completed_at",
+            "created_at",
+            "data_removed",
+            "error",
+            "id",
+            "input",
+            "logs",
+            "metrics",
+            "model",
+            "output",
+            "started_at",
+            "status",
+            "urls",
+            "version"
+        ],
+        "{first}"
+    );
+    assert_eq!(first["id"], "succeed-r");
+    assert_eq!(first["status"], "starting");
+    assert_eq!(
+        (&first["model"], &first["version"]),
+        (&"sim/model".into(), &"sim".into())
+    );
+    assert_eq!(first["input"], serde_json::json!({}));
+    assert_eq!(first["metrics"], serde_json::json!({}));
+    assert_eq!(first["data_removed"], false);
+    assert!(first["output"].is_null() && first["error"].is_null());
+    assert!(is_utc_rfc3339(&first["created_at"]));
+    assert!(first["started_at"].is_null() && first["completed_at"].is_null());
+    assert_eq!(
+        first["urls"],
+        serde_json::json!({"get": "/v1/predictions/succeed-r",
+                           "cancel": "/v1/predictions/succeed-r/cancel"})
+    );
+    let alias = s.json_at("/predictions/succeed-r").await;
+    assert_eq!(alias["urls"]["get"], "/predictions/succeed-r");
+
+    let running = s.json_at("/v1/predictions/running-r").await;
+    assert_eq!(running["status"], "processing");
+    assert!(is_utc_rfc3339(&running["started_at"]));
+    assert_eq!(
+        s.json_at("/v1/predictions/unknown-r").await["status"],
+        "paused"
+    );
+
+    let ids = [
+        "succeed-r",
+        "failure-r",
+        "end-succeeded-r",
+        "end-canceled-r",
+        "end-aborted-r",
+    ];
+    let docs = s.ended_docs(Shape::Replicate, &ids).await;
+    let statuses: Vec<&Value> = docs.iter().map(|d| &d["status"]).collect();
+    assert_eq!(
+        statuses,
+        ["succeeded", "failed", "succeeded", "canceled", "aborted"]
+    );
+    for doc in &docs {
+        let (started, completed) = (time_of(&doc["started_at"]), time_of(&doc["completed_at"]));
+        assert!(is_utc_rfc3339(&doc["completed_at"]) && started <= completed);
+        assert!(
+            doc["metrics"]["predict_time"].as_f64().unwrap() > 0.0,
+            "{doc}"
+        );
+        if doc["status"] == "succeeded" {
+            assert_eq!(
+                doc["output"],
+                serde_json::json!(["https://replicate.delivery/sim/out.png"])
+            );
+            assert!(doc["error"].is_null());
+        } else if doc["status"] == "failed" {
+            assert_eq!(doc["error"], JOB_ERROR);
+            assert!(doc["output"].is_null());
+        } else {
+            assert!(doc["output"].is_null() && doc["error"].is_null(), "{doc}");
+        }
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_github_workflow_run_is_queued_then_in_progress_then_completed() {
+    let s = start(shaped(Shape::GithubActions)).await;
+    let first = s.json_at("/repos/o/r/actions/runs/succeed-1").await;
+    assert_eq!(
+        keys(&first),
+        [
+            "conclusion",
+            "created_at",
+            "display_title",
+            "html_url",
+            "id",
+            "name",
+            "run_started_at",
+            "status",
+            "updated_at"
+        ],
+        "{first}"
+    );
+    assert_eq!(first["id"], "succeed-1");
+    assert_eq!(
+        (&first["status"], &first["conclusion"]),
+        (&"queued".into(), &Value::Null)
+    );
+    assert!(first["run_started_at"].is_null());
+    assert_eq!(first["created_at"], first["updated_at"]);
+    assert!(is_utc_rfc3339(&first["created_at"]));
+    assert_eq!(
+        first["html_url"],
+        "https://github.com/sim/sim/actions/runs/succeed-1"
+    );
+    // A numeric id is a number, as on GitHub; one beyond u64 stays a string.
+    let numeric = s.json_at("/repos/o/r/actions/runs/123").await;
+    assert_eq!(numeric["id"], 123);
+    assert!(numeric["id"].is_u64());
+    let huge = s.json_at("/actions/runs/99999999999999999999").await;
+    assert_eq!(huge["id"], "99999999999999999999");
+    // Any base before /actions/runs/{id} (e.g. GitHub Enterprise's /api/v3).
+    let ghes = s.json_at("/api/v3/repos/o/r/actions/runs/succeed-1").await;
+    assert_eq!(ghes["id"], "succeed-1");
+
+    let running = s.json_at("/repos/o/r/actions/runs/running-1").await;
+    assert_eq!(
+        (&running["status"], &running["conclusion"]),
+        (&"in_progress".into(), &Value::Null)
+    );
+    assert!(is_utc_rfc3339(&running["run_started_at"]));
+    let unknown = s.json_at("/repos/o/r/actions/runs/unknown-1").await;
+    assert_eq!(
+        (&unknown["status"], &unknown["conclusion"]),
+        (&"paused".into(), &Value::Null)
+    );
+
+    let cases = [
+        ("succeed-1", "success"),
+        ("successerr-1", "failure"),
+        ("end-neutral-1", "neutral"),
+        ("end-cancelled-1", "cancelled"),
+        ("end-timed_out-1", "timed_out"),
+        ("end-action_required-1", "action_required"),
+        ("end-startup_failure-1", "startup_failure"),
+    ];
+    let ids: Vec<&str> = cases.iter().map(|c| c.0).collect();
+    let docs = s.ended_docs(Shape::GithubActions, &ids).await;
+    for ((id, conclusion), doc) in cases.iter().zip(&docs) {
+        assert_eq!(doc["status"], "completed", "{id}");
+        assert_eq!(doc["conclusion"], *conclusion, "{id}");
+        let (created, started, updated) = (
+            time_of(&doc["created_at"]),
+            time_of(&doc["run_started_at"]),
+            time_of(&doc["updated_at"]),
+        );
+        assert!(created <= started && started <= updated, "{doc}");
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn each_prefix_and_the_mix_translate_into_each_shapes_success_or_failure() {
+    for shape in OTHER_SHAPES {
+        let s = start(SimulateArgs {
+            mix: "DONE+errors=1".parse().unwrap(),
+            ..shaped(shape)
+        })
+        .await;
+        let (success, failure) = match shape {
+            Shape::GoogleLro => ("response", "error"),
+            Shape::OpenaiBatch => ("completed", "failed"),
+            Shape::Replicate => ("succeeded", "failed"),
+            Shape::GithubActions => ("success", "failure"),
+            Shape::Vector => unreachable!(),
+        };
+        let cases = [
+            ("succeed-t", success),
+            ("done-t", success),
+            ("doneerr-t", failure),
+            ("successerr-t", failure),
+            ("failed-t", failure),
+            ("failure-t", failure),
+            // drawn from the mix: DONE with errors
+            ("no-prefix-t", failure),
+            // not a value of the shape: no prefix, so the mix decides
+            ("end-bogus-t", failure),
+        ];
+        let ids: Vec<&str> = cases.iter().map(|c| c.0).collect();
+        let docs = s.ended_docs(shape, &ids).await;
+        for ((id, want), doc) in cases.iter().zip(&docs) {
+            assert_eq!(end_value(shape, doc), *want, "{shape} {id}: {doc}");
+        }
+        s.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn the_end_prefix_ends_a_vector_job_with_that_state_and_no_errors() {
+    let s = start(fast()).await;
+    for id in ["end-DONE-v", "end-FAILURE-v", "notyet-end-SUCCESS-v"] {
+        s.status("copy", id).await;
+    }
+    for (id, state) in [("end-DONE-v", "DONE"), ("end-FAILURE-v", "FAILURE")] {
+        let doc = s.until_ended("copy", id).await;
+        assert_eq!(attr(&doc, "state"), state, "{id}");
+        assert_eq!(attr(&doc, "errors"), &serde_json::json!([]), "{id}");
+    }
+    tokio::time::sleep(Duration::from_millis(160)).await;
+    let doc = s.until_ended("copy", "notyet-end-SUCCESS-v").await;
+    assert_eq!(attr(&doc, "state"), "SUCCESS");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn every_shape_answers_404_400_and_405_in_its_own_error_form() {
+    for shape in OTHER_SHAPES {
+        let s = start(SimulateArgs {
+            not_found_ids: vec!["gone".into()],
+            bad_request_ids: vec!["bad".into()],
+            ..shaped(shape)
+        })
+        .await;
+        let mut cases = vec![
+            (path_of(shape, "notfound-x"), 404),
+            (path_of(shape, "gone"), 404),
+            (path_of(shape, "badrequest-x"), 400),
+            (path_of(shape, "bad"), 400),
+            (path_of(shape, "x%FF"), 400),
+            ("/nowhere".to_string(), 404),
+            (path_of(Shape::Vector, "succeed-x"), 404),
+        ];
+        if shape != Shape::GoogleLro {
+            cases.push((path_of(Shape::GoogleLro, "succeed-x"), 404));
+        }
+        for (path, status) in &cases {
+            let r = s.get(path).await;
+            assert_eq!(r.status(), *status, "{shape} {path}");
+            assert_eq!(r.headers()["content-type"], "application/json");
+            let doc: Value = r.json().await.unwrap();
+            assert_error_form(shape, *status, &doc);
+        }
+        assert_eq!(s.sim.polls_of("copy", "notfound-x"), 1);
+        // The job-creating routes are the vector shape's only.
+        let r = s
+            .client
+            .post(format!("{}/products/src/search/copy", s.base))
+            .body("{\"product\": {\"id\": \"dst\"}}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "{shape}");
+        assert_error_form(shape, 404, &r.json().await.unwrap());
+        let r = s
+            .client
+            .delete(format!("{}{}", s.base, path_of(shape, "succeed-x")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 405, "{shape}");
+        assert_eq!(r.headers()["allow"], "GET");
+        assert_error_form(shape, 405, &r.json().await.unwrap());
+        s.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_notyet_job_is_404_in_the_shapes_form_then_runs() {
+    let s = start(shaped(Shape::Replicate)).await;
+    let r = s
+        .get(&path_of(Shape::Replicate, "notyet-end-aborted-n"))
+        .await;
+    assert_eq!(r.status(), 404);
+    assert_error_form(Shape::Replicate, 404, &r.json().await.unwrap());
+    tokio::time::sleep(Duration::from_millis(160)).await;
+    let docs = s
+        .ended_docs(Shape::Replicate, &["notyet-end-aborted-n"])
+        .await;
+    assert_eq!(docs[0]["status"], "aborted");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn every_shape_answers_429_with_retry_after_in_its_own_error_form() {
+    for shape in OTHER_SHAPES {
+        let s = start(SimulateArgs {
+            rate_limit: Some(0.5),
+            rate_burst: Some(1),
+            ..shaped(shape)
+        })
+        .await;
+        let path = path_of(shape, "succeed-r");
+        assert_eq!(s.get(&path).await.status(), 200, "{shape}");
+        let r = s.get(&path).await;
+        assert_eq!(r.status(), 429, "{shape}");
+        assert_eq!(r.headers()["content-type"], "application/json");
+        let secs: u64 = r.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=2).contains(&secs), "{secs}");
+        assert_error_form(shape, 429, &r.json().await.unwrap());
+        assert_eq!(s.sim.polls_of("copy", "succeed-r"), 1);
+        let statuses: Vec<u16> = s.sim.request_log().iter().map(|l| l.status).collect();
+        assert_eq!(statuses, [200, 429], "{shape}");
+        s.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn the_token_and_the_injected_faults_apply_to_every_shape() {
+    for shape in OTHER_SHAPES {
+        let path = path_of(shape, "succeed-f");
+        let s = start(SimulateArgs {
+            token: Some("s3cret".into()),
+            ..shaped(shape)
+        })
+        .await;
+        let r = s.get(&path).await;
+        assert_eq!(r.status(), 401, "{shape}");
+        assert!(r.headers().contains_key("www-authenticate"));
+        assert_error_form(shape, 401, &r.json().await.unwrap());
+        let url = format!("{}{path}", s.base);
+        let ok = s
+            .client
+            .get(&url)
+            .bearer_auth("s3cret")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ok.status(), 200, "{shape}");
+        s.stop().await;
+
+        let s = start(SimulateArgs {
+            error_ratio: 1.0,
+            ..shaped(shape)
+        })
+        .await;
+        for _ in 0..4 {
+            let r = s.get(&path).await;
+            let status = r.status().as_u16();
+            assert!([500, 502, 503, 504].contains(&status), "{shape} {status}");
+            assert!(!r.headers().contains_key("retry-after"));
+            assert_error_form(shape, status, &r.json().await.unwrap());
+        }
+        s.stop().await;
+
+        let s = start(SimulateArgs {
+            malformed_ratio: 1.0,
+            ..shaped(shape)
+        })
+        .await;
+        for _ in 0..6 {
+            let r = s.get(&path).await;
+            assert_eq!(r.status(), 200);
+            let text = r.text().await.unwrap();
+            let parsed: Option<Value> = serde_json::from_str(&text).ok();
+            assert!(parsed.is_none_or(|v| !v.is_object()), "{shape}: {text}");
+        }
+        s.stop().await;
+    }
+}
