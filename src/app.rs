@@ -121,12 +121,33 @@ impl Daemon {
                 .context("releasing leases and spreading overdue polls")?;
         }
         let dispatcher = Arc::new(
-            Dispatcher::new(&settings.webhooks, store.clone(), writer, signals.clone())
-                .context("building the webhook HTTP client")?,
+            Dispatcher::new(
+                &settings.webhooks,
+                settings.store.lease,
+                store.clone(),
+                writer,
+                signals.clone(),
+            )
+            .context("building the webhook HTTP client")?,
+        );
+
+        // On a shared store (PostgreSQL) the replicas divide each budget among them.
+        let replicas = crate::poller::replicas::Replicas::new(
+            store.clone(),
+            settings
+                .resolved
+                .iter()
+                .map(|d| d.name.clone())
+                .zip(budgets.iter().cloned())
+                .collect(),
         );
 
         let tasks = TaskTracker::new();
         let loops = TaskTracker::new();
+        if let Some(r) = &replicas {
+            tracing::info!(replica = %r.id, "sharing each upstream's budget with the other replicas of this store");
+            loops.spawn(r.clone().run(shutdown.clone()));
+        }
         for poller in pollers {
             loops.spawn(poller.run(shutdown.clone(), tasks.clone()));
         }
@@ -149,6 +170,7 @@ impl Daemon {
                 .flat_map(|u| u.kinds.iter().copied())
                 .collect(),
             upstreams,
+            replicas: replicas.clone(),
             started: Instant::now(),
             shutdown: shutdown.clone(),
         });
@@ -174,6 +196,10 @@ impl Daemon {
                 grace_ms = grace.as_millis() as u64,
                 "in-flight work did not finish within the grace; it will be redone after restart"
             );
+        }
+        // Only now, with nothing of ours in flight, may the others take our share.
+        if let Some(r) = &replicas {
+            let _ = tokio::time::timeout(grace, r.leave()).await;
         }
         // Every Writer is gone with its task; the writer commits what is queued and ends.
         if tokio::time::timeout(grace, writer_done).await.is_err() {

@@ -134,6 +134,8 @@ pub struct StoreSettings {
     pub retention: Duration,
     #[serde(deserialize_with = "duration")]
     pub checkpoint_interval: Duration,
+    #[serde(deserialize_with = "duration")]
+    pub lease: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -253,6 +255,7 @@ impl Settings {
         let mut settings: Settings = builder.build()?.try_deserialize()?;
         settings.validate()?;
         settings.resolved = settings.resolve_upstreams()?;
+        settings.check_lease()?;
         Ok(settings)
     }
 
@@ -352,6 +355,28 @@ impl Settings {
 }
 
 impl Settings {
+    /// A claim must outlast the longest request made under it.
+    fn check_lease(&self) -> Result<(), ConfigError> {
+        let longest = self
+            .resolved
+            .iter()
+            .map(|d| d.settings.request_timeout)
+            .chain([self.webhooks.request_timeout])
+            .max()
+            .unwrap_or_default();
+        if self.store.lease < longest + Duration::from_secs(1) {
+            return Err(invalid(
+                "store.lease",
+                format!(
+                    "{} is not longer than the longest request timeout ({}) by a second at least",
+                    humantime::format_duration(self.store.lease),
+                    humantime::format_duration(longest)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// `[upstream]` as the `vector` upstream (unless an entry takes its place), then
     /// each `[[upstreams]]` entry; names and kind names must be unique.
     fn resolve_upstreams(&self) -> Result<Vec<UpstreamDef>, ConfigError> {

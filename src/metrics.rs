@@ -443,6 +443,7 @@ mod tests {
             polls_per_second: 0.0,
             allowed_rate: 25.0,
             configured_rate: 50.0,
+            share: 1.0,
             in_flight: 3,
             total_answers: 0,
             total_rate_limited: 0,

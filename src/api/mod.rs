@@ -35,6 +35,8 @@ pub struct AppState {
     pub signals: Arc<Signals>,
     /// Every configured upstream, in the order of the settings.
     pub upstreams: Vec<UpstreamState>,
+    /// The replicas sharing the store's budgets (PostgreSQL); `None` alone.
+    pub replicas: Option<Arc<crate::poller::replicas::Replicas>>,
     /// The kinds a request may name: those of the configured upstreams.
     pub kinds: Vec<crate::model::Kind>,
     pub started: Instant,

@@ -65,6 +65,7 @@ pub const BEARER: &str = "bearer";
         DeliveryPage,
         StatusBody,
         UpstreamStatus,
+        crate::poller::replicas::ReplicaStatus,
         WatchCounts,
         OldestRunning,
         WebhookCounts,
@@ -439,6 +440,10 @@ pub struct StatusBody {
     pub upstream: UpstreamHealth,
     /// Each configured upstream on its own.
     pub upstreams: Vec<UpstreamStatus>,
+    /// The replicas sharing a PostgreSQL store and its budgets, as of the last
+    /// heartbeat; null on SQLite (one daemon keeps every budget whole).
+    #[schema(required = true)]
+    pub replicas: Option<Vec<crate::poller::replicas::ReplicaStatus>>,
     pub webhooks: WebhookCounts,
     pub store: StoreInfo,
     pub uptime_seconds: u64,

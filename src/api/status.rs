@@ -74,6 +74,7 @@ async fn status(State(state): State<SharedState>) -> ApiResult<Json<Value>> {
             "kinds": u.kinds,
             "health": h,
         })).collect::<Vec<_>>(),
+        "replicas": state.replicas.as_ref().map(|r| r.status()),
         "webhooks": {
             "backlog": deliveries.get("pending").copied().unwrap_or(0) + deliveries.get("retrying").copied().unwrap_or(0),
             "deliveries": deliveries,

@@ -6,7 +6,7 @@
 //! answer to [`Budget::observe`]; nothing else may talk to the upstream.
 
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -93,6 +93,13 @@ struct Inner {
     probing: bool,
     next_probe_at: Instant,
     window: [Bucket; WINDOW_SECS],
+    /// This replica's part of the upstream's budget (its rate, burst and requests
+    /// in flight): 1 alone; 1/N of N live replicas on a shared store; 0 while it
+    /// has not yet been seen by the others, or cannot reach the store.
+    share: f64,
+    in_flight_cap: usize,
+    /// What other replicas must hear of, taken by the replica loop.
+    news: News,
     total_answers: u64,
     total_limited: u64,
     total_errors: u64,
@@ -111,6 +118,35 @@ pub struct Budget {
     started: Instant,
     /// Requests let go and not yet dropped (the semaphore also counts the waiters).
     sent: AtomicUsize,
+    /// The share caps requests in flight below the semaphore's: a finished request
+    /// then wakes the waiters (only then: it costs a wake-up per request).
+    capped: AtomicBool,
+    /// Rung when `observe` has news for the other replicas.
+    news_ready: Notify,
+}
+
+/// What this replica learned that the others must hear of (issue 18): a pause the
+/// upstream asked for, credentials found bad or good again.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct News {
+    pub paused_for: Option<Duration>,
+    pub rejected: Option<u16>,
+    pub credentials_ok: bool,
+}
+
+/// What the other replicas of a shared store say of one upstream, for [`Budget::apply_shared`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Shared {
+    /// This replica's part of the budget.
+    pub share: f64,
+    /// The rest of a pause some replica was asked for.
+    pub paused_for: Option<Duration>,
+    /// Some replica found the credentials bad after the last that found them good.
+    pub rejected: Option<u16>,
+    /// Some replica found them good after the last that found them bad.
+    pub credentials_ok: bool,
+    /// The lowest allowed-rate factor (after bare 429s) of the live replicas.
+    pub rate_factor: f64,
 }
 
 /// Permission to send one request now. Dropping it frees the in-flight slot.
@@ -135,6 +171,9 @@ impl Drop for Slot<'_> {
     fn drop(&mut self) {
         if self.sent {
             self.budget.sent.fetch_sub(1, Ordering::Relaxed);
+            if self.budget.capped.load(Ordering::Relaxed) {
+                self.budget.changed.notify_waiters();
+            }
         }
         if self.probe {
             // A probe that never reported (cancelled) must not block the next one.
@@ -197,6 +236,9 @@ impl Budget {
                 probing: false,
                 next_probe_at: now,
                 window: [Bucket::default(); WINDOW_SECS],
+                share: 1.0,
+                in_flight_cap: settings.max_in_flight,
+                news: News::default(),
                 total_answers: 0,
                 total_limited: 0,
                 total_errors: 0,
@@ -204,6 +246,8 @@ impl Budget {
             }),
             changed: Notify::new(),
             sent: AtomicUsize::new(0),
+            capped: AtomicBool::new(false),
+            news_ready: Notify::new(),
             clock,
             settings,
             started: now,
@@ -215,7 +259,12 @@ impl Budget {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn gate(inner: &Inner, now: Instant) -> Gate {
+    fn gate(&self, inner: &Inner, now: Instant) -> Gate {
+        if inner.share <= 0.0 || self.sent.load(Ordering::Relaxed) >= inner.in_flight_cap {
+            // Not this replica's turn yet, or its part of the requests in flight is
+            // out (a finished one wakes us; the recheck bounds a missed wake-up).
+            return Gate::Wait(now + PROBE_RECHECK);
+        }
         if let Some(until) = inner.paused_until {
             if until > now {
                 return Gate::Wait(until);
@@ -257,7 +306,7 @@ impl Budget {
             let until = {
                 let mut inner = self.lock();
                 let now = Instant::now();
-                match Self::gate(&inner, now) {
+                match self.gate(&inner, now) {
                     Gate::Wait(until) => until,
                     gate => match inner.limiter.check() {
                         Ok(()) => {
@@ -328,6 +377,9 @@ impl Budget {
                     }
                 };
                 if let Some(pause) = pause {
+                    inner.news.paused_for =
+                        Some(inner.news.paused_for.unwrap_or_default().max(pause));
+                    self.news_ready.notify_one();
                     let until = now + pause;
                     if inner.paused_until.is_none_or(|p| p < until) {
                         let counted_from = inner.paused_until.filter(|p| *p > now).unwrap_or(now);
@@ -340,6 +392,9 @@ impl Budget {
             PollAnswer::Unauthorized { status } => {
                 if inner.credentials != Credentials::Rejected {
                     inner.rejected_at = now;
+                    inner.news.rejected = Some(*status);
+                    inner.news.credentials_ok = false;
+                    self.news_ready.notify_one();
                 }
                 inner.credentials = Credentials::Rejected;
                 inner.credentials_status = Some(*status);
@@ -361,6 +416,11 @@ impl Budget {
                     && (inner.credentials == Credentials::Unknown || fresh)
                 {
                     wake = true;
+                    if inner.credentials == Credentials::Rejected {
+                        inner.news.credentials_ok = true;
+                        inner.news.rejected = None;
+                        self.news_ready.notify_one();
+                    }
                     inner.credentials = Credentials::Ok;
                     inner.credentials_status = None;
                 }
@@ -385,10 +445,94 @@ impl Budget {
             return false;
         }
         inner.rate = rate;
-        let burst = self.settings.burst.min(rate.ceil().max(1.0) as u32);
-        inner.limiter = limiter(rate, burst, &self.clock, false);
+        self.rebuild_limiter(inner);
         inner.last_rate_change = now;
         true
+    }
+
+    /// The limiter of this replica's share of the allowed rate and burst; the
+    /// burst accrues (a change never hands out an extra one).
+    fn rebuild_limiter(&self, inner: &mut Inner) {
+        let burst = self.settings.burst.min(inner.rate.ceil().max(1.0) as u32);
+        let rate = inner.rate * inner.share;
+        let burst = ((f64::from(burst) * inner.share).floor() as u32).max(1);
+        inner.limiter = limiter(rate, burst, &self.clock, false);
+    }
+
+    /// Wait until `observe` has news for the other replicas.
+    pub async fn news_ready(&self) {
+        self.news_ready.notified().await
+    }
+
+    /// The news since the last call, and this replica's allowed-rate factor.
+    pub fn take_news(&self) -> (News, f64) {
+        let mut inner = self.lock();
+        let factor = inner.rate / self.settings.max_requests_per_second;
+        (std::mem::take(&mut inner.news), factor)
+    }
+
+    /// Put back news a heartbeat could not deliver (newer news wins).
+    pub fn restore_news(&self, paused_for_ms: Option<i64>, rejected: Option<u16>, ok: bool) {
+        let mut inner = self.lock();
+        let n = &mut inner.news;
+        if let Some(ms) = paused_for_ms {
+            let d = Duration::from_millis(ms.max(0) as u64);
+            n.paused_for = Some(n.paused_for.unwrap_or_default().max(d));
+        }
+        if n.rejected.is_none() && !n.credentials_ok {
+            n.rejected = rejected;
+            n.credentials_ok = ok;
+        }
+    }
+
+    /// Take in what the other replicas say: this replica's share, a pause, the
+    /// credentials, a lower rate. A rate is only ever lowered here; each replica
+    /// grows it back on its own recovery steps.
+    pub fn apply_shared(&self, shared: &Shared) {
+        let now = Instant::now();
+        let s = &self.settings;
+        let mut inner = self.lock();
+        let mut wake = false;
+        let share = shared.share.clamp(0.0, 1.0);
+        if (share - inner.share).abs() > 1e-9 {
+            inner.share = share;
+            inner.in_flight_cap = if share > 0.0 {
+                ((s.max_in_flight as f64 * share).floor() as usize).max(1)
+            } else {
+                0
+            };
+            self.capped.store(share < 1.0, Ordering::Relaxed);
+            self.rebuild_limiter(&mut inner);
+            wake = true;
+        }
+        if let Some(rest) = shared.paused_for {
+            let until = now + rest;
+            if inner.paused_until.is_none_or(|p| p < until) {
+                inner.paused_until = Some(until);
+            }
+        }
+        if let Some(status) = shared.rejected {
+            if inner.credentials != Credentials::Rejected {
+                inner.credentials = Credentials::Rejected;
+                inner.credentials_status = Some(status);
+                inner.rejected_at = now;
+                inner.next_probe_at = now + s.auth_probe_interval;
+            }
+        } else if shared.credentials_ok && inner.credentials == Credentials::Rejected {
+            inner.credentials = Credentials::Ok;
+            inner.credentials_status = None;
+            wake = true;
+        }
+        let target =
+            (shared.rate_factor * s.max_requests_per_second).max(s.max_requests_per_second / 20.0);
+        if target < inner.rate - 1e-9 {
+            inner.last_backoff = Some(now);
+            wake |= self.set_rate(&mut inner, target, now);
+        }
+        drop(inner);
+        if wake {
+            self.changed.notify_waiters();
+        }
     }
 
     /// Are the upstream credentials known bad?
@@ -431,6 +575,7 @@ impl Budget {
             polls_per_second: answers as f64 / span,
             allowed_rate: inner.rate,
             configured_rate: self.settings.max_requests_per_second,
+            share: inner.share,
             in_flight: self.sent.load(Ordering::Relaxed),
             total_answers: inner.total_answers,
             total_rate_limited: inner.total_limited,
@@ -452,6 +597,8 @@ pub struct UpstreamHealth {
     pub polls_per_second: f64,
     pub allowed_rate: f64,
     pub configured_rate: f64,
+    /// This replica's part of the budget: 1 alone, 1/N of N replicas on PostgreSQL.
+    pub share: f64,
     /// Requests sent and not yet answered (not the polls waiting out a pause).
     pub in_flight: usize,
     pub total_answers: u64,
@@ -473,6 +620,7 @@ impl UpstreamHealth {
             polls_per_second: 0.0,
             allowed_rate: 0.0,
             configured_rate: 0.0,
+            share: 0.0,
             in_flight: 0,
             total_answers: 0,
             total_rate_limited: 0,
@@ -499,6 +647,7 @@ impl UpstreamHealth {
             c.polls_per_second += h.polls_per_second;
             c.allowed_rate += h.allowed_rate;
             c.configured_rate += h.configured_rate;
+            c.share = c.share.max(h.share);
             c.in_flight += h.in_flight;
             c.total_answers += h.total_answers;
             c.total_rate_limited += h.total_rate_limited;

@@ -7,6 +7,7 @@
 
 pub mod budget;
 pub mod cadence;
+pub mod replicas;
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -24,10 +25,6 @@ use crate::upstream::{PollAnswer, UpstreamClient};
 use crate::webhook::Routes;
 use budget::Budget;
 use cadence::Cadence;
-
-/// A claimed watch is ours for this long; a daemon that dies holding it has its
-/// leases released at the next start (SQLite) or expired (shared stores).
-const LEASE: Duration = Duration::from_secs(600);
 
 /// Steps that claimed less than they could are at least this far apart: at 10,000
 /// watches one falls due every few hundred microseconds, and a step for each (a
@@ -68,6 +65,10 @@ pub struct Poller {
     shutdown: CancellationToken,
     /// A poll is only sent if it can finish within its watch's lease.
     request_timeout_ms: Millis,
+    /// A claimed watch is ours for this long (`store.lease`); a daemon that dies
+    /// holding it has its leases released at the next start (SQLite) or taken
+    /// over when they run out (PostgreSQL).
+    lease: Duration,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +123,7 @@ impl Poller {
             done: tokio::sync::Notify::new(),
             shutdown,
             request_timeout_ms: u.request_timeout.as_millis() as Millis,
+            lease: settings.store.lease,
         }
     }
 
@@ -195,7 +197,7 @@ impl Poller {
             report.filled = true;
             return Ok(report);
         }
-        let lease_until = now + LEASE.as_millis() as Millis;
+        let lease_until = now + self.lease.as_millis() as Millis;
         let claimed = self
             .store
             .claim_due_watches_in(Some(&self.lane), now, free as u32, lease_until)

@@ -8,6 +8,7 @@
 
 pub mod postgres;
 pub mod pruner;
+pub mod replicas;
 mod rows;
 pub mod schedule;
 pub mod sqlite;
@@ -398,6 +399,11 @@ pub trait Store: Send + Sync + 'static {
     async fn prune(&self, before: Millis, limit: u32) -> Result<u64>;
     /// Does the store answer?
     async fn ping(&self) -> Result<()>;
+    /// The replicas sharing this store, when several may (PostgreSQL); `None`
+    /// for a store with one owner (SQLite), which keeps each budget whole.
+    fn replicas(&self) -> Option<&dyn replicas::ReplicaStore> {
+        None
+    }
     async fn close(&self);
 }
 

@@ -36,6 +36,10 @@ impl PgStore {
         MIGRATOR.run(&pool).await?;
         Ok(PgStore { pool })
     }
+
+    pub(super) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
 }
 
 async fn check_is_ours(pool: &PgPool, url: &str) -> Result<()> {
@@ -551,6 +555,10 @@ impl Store for PgStore {
         .execute(&self.pool)
         .await?
         .rows_affected())
+    }
+
+    fn replicas(&self) -> Option<&dyn super::replicas::ReplicaStore> {
+        Some(self)
     }
 
     async fn ping(&self) -> Result<()> {

@@ -27,8 +27,6 @@ use crate::upstream::retry_after;
 
 /// How much of a receiver's answer is kept with the attempt.
 const RESPONSE_KEPT: usize = 4096;
-/// A claimed delivery is ours for this long (far beyond one attempt's timeout).
-const LEASE: Duration = Duration::from_secs(600);
 
 pub struct Dispatcher {
     store: DynStore,
@@ -51,11 +49,16 @@ pub struct Dispatcher {
     max_outstanding: usize,
     per_url_cap: usize,
     per_url: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// A claimed delivery is ours for this long (`store.lease`, longer than an
+    /// attempt's timeout); an attempt is only sent if it can end within it.
+    lease: Duration,
+    request_timeout: Duration,
 }
 
 impl Dispatcher {
     pub fn new(
         settings: &WebhookSettings,
+        lease: Duration,
         store: DynStore,
         writer: Writer,
         signals: Arc<Signals>,
@@ -90,6 +93,8 @@ impl Dispatcher {
             max_outstanding: settings.max_in_flight * 4,
             per_url_cap: (settings.max_in_flight / 4).max(1),
             per_url: Mutex::new(HashMap::new()),
+            lease,
+            request_timeout: settings.request_timeout,
         })
     }
 
@@ -118,9 +123,10 @@ impl Dispatcher {
         if free == 0 {
             return Ok(0);
         }
+        let lease_until = now + self.lease.as_millis() as Millis;
         let due = self
             .store
-            .claim_due_deliveries(now, free as u32, now + LEASE.as_millis() as Millis)
+            .claim_due_deliveries(now, free as u32, lease_until)
             .await?;
         let n = due.len();
         for d in due {
@@ -132,6 +138,12 @@ impl Dispatcher {
                 let (Ok(_u), Ok(_g)) = (url_slot.acquire_owned().await, this.slots.clone().acquire_owned().await) else {
                     return;
                 };
+                // A claim that ran out while it waited for a slot may be another
+                // replica's now: leave it to be claimed again rather than send
+                // one webhook-id twice at once.
+                if now_ms() + this.request_timeout.as_millis() as Millis > lease_until {
+                    return;
+                }
                 let result = this.attempt(&d).await;
                 if result.next == DeliveryStatus::Gone {
                     if let Err(e) = this.store.stop_deliveries_to(&d.delivery.url).await {
