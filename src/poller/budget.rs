@@ -459,6 +459,13 @@ impl Budget {
         inner.limiter = limiter(rate, burst, &self.clock, false);
     }
 
+    /// Requests per second this replica may send now: the allowed rate times its
+    /// share (0 while it has none).
+    pub fn effective_rate(&self) -> f64 {
+        let inner = self.lock();
+        inner.rate * inner.share
+    }
+
     /// Wait until `observe` has news for the other replicas.
     pub async fn news_ready(&self) {
         self.news_ready.notified().await

@@ -135,9 +135,20 @@ impl Poller {
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Slots for claimed watches not taken.
+    /// Slots for claimed watches not taken: never more than the budget can send
+    /// well within a lease (a claim that waits past it is dropped and waits out
+    /// the lease), and none while this replica has no share of the budget.
     fn free(&self) -> usize {
-        self.high_water.saturating_sub(self.in_flight().len())
+        let rate = self.budget.effective_rate();
+        if rate <= 0.0 {
+            return 0;
+        }
+        let margin = self
+            .lease
+            .saturating_sub(Duration::from_millis(self.request_timeout_ms as u64));
+        let sendable = (rate * margin.as_secs_f64() / 2.0) as usize;
+        let cap = sendable.max(self.min_claim).min(self.high_water);
+        cap.saturating_sub(self.in_flight().len())
     }
 
     /// Until enough polls finished to claim again (a finished poll's notification

@@ -381,7 +381,7 @@ pub async fn serve_until_exit(config: &Path, within: Duration) -> (ExitStatus, S
 // The crash test.
 
 /// Prefixes whose outcome the simulator fixes, with the outcome and event type.
-const PREFIXES: [(&str, &str, &str); 7] = [
+pub const PREFIXES: [(&str, &str, &str); 7] = [
     ("succeed-", "succeeded", "job.succeeded"),
     ("done-", "succeeded", "job.succeeded"),
     ("failed-", "failed", "job.failed"),

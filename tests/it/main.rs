@@ -4,6 +4,7 @@
 
 mod helpers;
 mod receiver;
+mod replicas;
 
 mod bench;
 mod cli;

@@ -13,7 +13,7 @@ use crate::receiver::TestReceiver;
 const BASE: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 /// A fresh schema; its URL points every connection at it.
-async fn schema() -> (String, String) {
+pub async fn schema() -> (String, String) {
     let name = format!("jw_{}", ulid::Ulid::new().to_string().to_lowercase());
     let pool = sqlx::PgPool::connect(BASE)
         .await
@@ -26,7 +26,7 @@ async fn schema() -> (String, String) {
     (format!("{BASE}?options[search_path]={name}"), name)
 }
 
-async fn drop_schema(name: &str) {
+pub async fn drop_schema(name: &str) {
     if let Ok(pool) = sqlx::PgPool::connect(BASE).await {
         let _ = sqlx::query(&format!("DROP SCHEMA {name} CASCADE"))
             .execute(&pool)
