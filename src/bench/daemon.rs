@@ -149,6 +149,84 @@ fn tail(path: &Path) -> String {
     }
 }
 
+/// One daemon, or several replicas of it sharing a PostgreSQL store, measured
+/// together: CPU, memory and writes add up; requests go to the first.
+pub struct Daemons {
+    procs: Vec<DaemonProcess>,
+    pub url: String,
+}
+
+impl Daemons {
+    /// `n` daemons with `settings`, one after another (each answers `/healthz`
+    /// before the next starts).
+    pub async fn start(
+        exe: &Path,
+        settings: &BTreeMap<String, String>,
+        dir: &Path,
+        name: &str,
+        n: usize,
+    ) -> anyhow::Result<Daemons> {
+        let mut procs = Vec::with_capacity(n);
+        for i in 0..n.max(1) {
+            let label = if n > 1 {
+                format!("{name}-{i}")
+            } else {
+                name.to_string()
+            };
+            procs.push(DaemonProcess::start(exe, settings, dir, &label).await?);
+        }
+        let url = procs[0].url.clone();
+        Ok(Daemons { procs, url })
+    }
+
+    pub fn pids(&self) -> String {
+        let pids: Vec<String> = self.procs.iter().map(|p| p.pid.to_string()).collect();
+        pids.join(" ")
+    }
+
+    /// The sum over the daemons; `None` once one is gone.
+    pub fn sample(&self) -> Option<ProcSample> {
+        let samples: Vec<ProcSample> = self
+            .procs
+            .iter()
+            .map(DaemonProcess::sample)
+            .collect::<Option<_>>()?;
+        Some(ProcSample {
+            cpu_seconds: samples.iter().map(|s| s.cpu_seconds).sum(),
+            rss_kib: samples.iter().map(|s| s.rss_kib).sum(),
+            peak_rss_kib: samples.iter().map(|s| s.peak_rss_kib).sum(),
+            write_bytes: samples.iter().map(|s| s.write_bytes).sum(),
+        })
+    }
+
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        self.procs
+            .iter_mut()
+            .try_for_each(DaemonProcess::check_alive)
+    }
+
+    pub async fn stop(self) {
+        for p in self.procs {
+            p.stop().await;
+        }
+    }
+}
+
+/// CPU seconds of every PostgreSQL server process on this machine (its backends
+/// do the store's work for the daemons on a shared store).
+pub fn postgres_cpu_seconds() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "postgres")
+        })
+        .filter_map(|pid| proc_sample(pid).map(|s| s.cpu_seconds))
+        .sum()
+}
+
 /// Clock ticks per second of `/proc/PID/stat` times (`getconf CLK_TCK`, 100 on Linux).
 fn clock_ticks() -> f64 {
     static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();

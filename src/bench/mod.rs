@@ -26,7 +26,7 @@ use crate::app::cancel_on_signals;
 use crate::config::{LogFormat, LogSettings, Settings};
 use crate::simulator::{SimulateArgs, Simulator};
 use crate::webhook::sign::SigningSecret;
-use daemon::DaemonProcess;
+use daemon::Daemons;
 use load::Ceilings;
 pub use report::Report;
 use report::{Latency, Memory, PollRate, RateLimited, Sample};
@@ -99,6 +99,16 @@ pub struct BenchArgs {
     /// Keep the work directory (the SQLite files, the daemon's logs) and print its path.
     #[arg(long)]
     pub keep: bool,
+
+    /// The daemons' store: `sqlite` (a file in the work directory), or a
+    /// PostgreSQL URL, where each run gets a schema of its own, dropped at the end.
+    #[arg(long, default_value = "sqlite")]
+    pub store: String,
+
+    /// Replicas of the daemon sharing the store and its budget (PostgreSQL only);
+    /// CPU and memory are their sums, requests go to the first.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub replicas: u32,
 }
 
 /// Ids of the main run: plain ids, so the simulator draws each outcome from its mix.
@@ -117,6 +127,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
     }
     if !(args.limited_rate.is_finite() && args.limited_rate > 0.0) {
         bail!("--limited-rate must be a positive number of requests per second");
+    }
+    let postgres = args.store.starts_with("postgres://") || args.store.starts_with("postgresql://");
+    if !postgres && args.store != "sqlite" {
+        bail!("--store must be `sqlite` or a postgres:// URL");
+    }
+    if args.replicas > 1 && !postgres {
+        bail!("--replicas above 1 needs a shared store: --store postgres://...");
     }
     let shutdown = CancellationToken::new();
     cancel_on_signals(shutdown.clone());
@@ -269,18 +286,19 @@ async fn bench(
     progress(format_args!("ceiling: {first}"));
 
     let mut main_settings = base.clone();
-    main_settings.insert(
-        "store.url".into(),
-        format!("sqlite://{}", dir.join("main.db").display()),
-    );
+    let main_store = RunStore::create(args, dir, "main").await?;
+    main_settings.insert("store.url".into(), main_store.url.clone());
     main_settings.insert("upstream.base_url".into(), sim_url.clone());
-    let mut daemon = DaemonProcess::start(&exe, &main_settings, dir, "main").await?;
+    let replicas = args.replicas as usize;
+    let mut daemon = Daemons::start(&exe, &main_settings, dir, "main", replicas).await?;
     progress(format_args!(
-        "daemon pid {} on {} (a profiler can attach: perf record -p {})",
-        daemon.pid, daemon.url, daemon.pid
+        "daemon pid {} on {} (a profiler can attach: perf record -p PID)",
+        daemon.pids(),
+        daemon.url,
     ));
     let polls_before = sim.requests_received();
     let before = daemon.sample().unwrap_or_default();
+    let postgres_before = daemon::postgres_cpu_seconds();
 
     progress(format_args!(
         "ingest: {n} ids in POSTs of {}, {} at once",
@@ -345,7 +363,9 @@ async fn bench(
         }
     }
     let end = daemon.sample().unwrap_or_default();
+    let postgres_cpu = daemon::postgres_cpu_seconds() - postgres_before;
     daemon.stop().await;
+    main_store.drop_schema().await;
     let tally = receiver.snapshot();
     // Again with the daemon gone: others' load on a shared machine comes and goes,
     // and the better of the two is what the machine can do.
@@ -372,6 +392,10 @@ async fn bench(
         rss_at_end_mib: mib(end.rss_kib),
         ingest_cpu_seconds: after_ingest.cpu_seconds - before.cpu_seconds,
     };
+    if main_store.postgres {
+        poll.store_cpu_seconds_per_1000_polls =
+            Some(postgres_cpu / (poll.polls.max(1) as f64 / 1000.0));
+    }
     let latency = Latency::from_tally(&tally, n as u64, followed.elapsed().as_secs_f64());
     drop(sim);
 
@@ -417,10 +441,8 @@ async fn limited_run(
     )
     .await?;
     let mut settings = base.clone();
-    settings.insert(
-        "store.url".into(),
-        format!("sqlite://{}", dir.join("limited.db").display()),
-    );
+    let store = RunStore::create(args, dir, "limited").await?;
+    settings.insert("store.url".into(), store.url.clone());
     settings.insert("upstream.base_url".into(), sim_url);
     settings.insert("upstream.max_requests_per_second".into(), limit.to_string());
     if !args
@@ -431,7 +453,7 @@ async fn limited_run(
         // The daemon's default burst, not the main run's open one.
         settings.remove("upstream.burst");
     }
-    let mut daemon = DaemonProcess::start(exe, &settings, dir, "limited").await?;
+    let mut daemon = Daemons::start(exe, &settings, dir, "limited", args.replicas as usize).await?;
     progress(format_args!(
         "rate-limited run: {n} watches, limit {limit}/s at the simulator and the daemon, {:?}",
         args.limited_duration
@@ -444,6 +466,7 @@ async fn limited_run(
     }
     let stopped = receiver::unix_ms(SystemTime::now());
     daemon.stop().await;
+    store.drop_schema().await;
     let log = sim.request_log();
     Ok(RateLimited::from_log(
         &log,
@@ -452,6 +475,61 @@ async fn limited_run(
         stopped,
         args.limited_settle,
     ))
+}
+
+/// Where one run's daemons keep their watches: a SQLite file in the work
+/// directory, or a fresh schema of the PostgreSQL database of `--store`.
+struct RunStore {
+    url: String,
+    postgres: bool,
+    schema: Option<(String, String)>,
+}
+
+impl RunStore {
+    async fn create(args: &BenchArgs, dir: &Path, name: &str) -> anyhow::Result<RunStore> {
+        if args.store == "sqlite" {
+            return Ok(RunStore {
+                url: format!("sqlite://{}", dir.join(format!("{name}.db")).display()),
+                postgres: false,
+                schema: None,
+            });
+        }
+        let schema = format!(
+            "jobwatch_bench_{name}_{}",
+            ulid::Ulid::new().to_string().to_lowercase()
+        );
+        let pool = sqlx::PgPool::connect(&args.store).await.with_context(|| {
+            format!(
+                "--store: connecting to {}",
+                crate::store::redact_url(&args.store)
+            )
+        })?;
+        sqlx::query(&format!("CREATE SCHEMA {schema}"))
+            .execute(&pool)
+            .await
+            .context("--store: creating the run's schema")?;
+        pool.close().await;
+        let sep = if args.store.contains('?') { '&' } else { '?' };
+        Ok(RunStore {
+            url: format!("{}{sep}options[search_path]={schema}", args.store),
+            postgres: true,
+            schema: Some((args.store.clone(), schema)),
+        })
+    }
+
+    async fn drop_schema(&self) {
+        if let Some((base, schema)) = &self.schema {
+            if let Ok(pool) = sqlx::PgPool::connect(base).await {
+                if let Err(e) = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+                    .execute(&pool)
+                    .await
+                {
+                    progress(format_args!("could not drop the schema {schema}: {e}"));
+                }
+                pool.close().await;
+            }
+        }
+    }
 }
 
 /// How far behind the poller is, as the daemon's `/v1/status` says: running

@@ -35,6 +35,9 @@ pub struct PollRate {
     pub ratio_to_ceiling: f64,
     /// The daemon's user + system CPU per 1,000 polls, after the ingest.
     pub cpu_seconds_per_1000_polls: f64,
+    /// On PostgreSQL: the database server's CPU seconds per 1,000 polls of the
+    /// whole run (every `postgres` process of this machine).
+    pub store_cpu_seconds_per_1000_polls: Option<f64>,
     /// Bytes the daemon wrote to storage per poll, after the ingest (its WAL, its
     /// database file; absent where the kernel does not count them).
     pub bytes_written_per_poll: Option<f64>,
@@ -76,6 +79,7 @@ impl PollRate {
                 0.0
             },
             bytes_written_per_poll: None,
+            store_cpu_seconds_per_1000_polls: None,
         }
     }
 }
@@ -244,6 +248,9 @@ pub struct RunSettings {
     pub job_min_running_ms: u128,
     pub job_max_running_ms: u128,
     pub daemon_overrides: Vec<String>,
+    /// `sqlite`, or `postgres` with this many replicas.
+    pub store: String,
+    pub replicas: u32,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -297,6 +304,12 @@ impl Report {
                 job_min_running_ms: args.min_running.as_millis(),
                 job_max_running_ms: args.max_running.as_millis(),
                 daemon_overrides: args.set.clone(),
+                store: if args.store == "sqlite" {
+                    "sqlite".into()
+                } else {
+                    "postgres".into()
+                },
+                replicas: args.replicas,
             },
             ingest,
             ceiling: ceilings.judged,
@@ -462,6 +475,12 @@ impl Report {
         );
         if let Some(b) = p.bytes_written_per_poll {
             println!("  daemon disk:      {b:.0} bytes written per poll, after the ingest");
+        }
+        if let Some(c) = p.store_cpu_seconds_per_1000_polls {
+            println!(
+                "  store CPU:        {c:.3} s per 1,000 polls (PostgreSQL's processes, {} replica(s))",
+                self.settings.replicas
+            );
         }
         println!(
             "  daemon memory:    peak RSS {:.1} MiB (VmHWM), {:.1} MiB at the end",
