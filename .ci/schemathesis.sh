@@ -9,6 +9,11 @@
 # a token, a signing secret, api.max_wait = 1s so `?wait` stays short), and stops
 # both on exit.
 #
+# GET /v1/events is left out: it is a stream that stays open until the client
+# leaves, and a fuzzer waits for the end of each answer. Its answers (the 400s of
+# every bad filter and Last-Event-ID, the 401, the stream itself) are checked by
+# tests/it/events.rs instead.
+#
 # Webhook URLs come from the fuzzer, so they name arbitrary hosts: every delivery is
 # sent through an HTTP proxy on a loopback port where nothing listens, so nothing
 # leaves this machine (the per-watch URL check is off for that reason, and the
@@ -133,6 +138,7 @@ cd "$work"
 "${st[@]}" run "$base/openapi.json" \
   --url "$base" \
   --header "Authorization: Bearer $token" \
+  --exclude-path /v1/events \
   --checks all \
   --mode all \
   --max-examples "$max_examples" \

@@ -173,18 +173,33 @@ impl Daemon {
             replicas: replicas.clone(),
             started: Instant::now(),
             shutdown: shutdown.clone(),
+            streams: Default::default(),
         });
         let addr = listener.local_addr()?;
         let names: Vec<&str> = settings.resolved.iter().map(|d| d.name.as_str()).collect();
         tracing::info!(%addr, store = %redact_url(&settings.store.url), upstreams = ?names, "jobwatch is serving");
+        let listener = api::stall::StallGuarded::new(listener, settings.api.write_stall_timeout);
         let server = axum::serve(listener, api::router(state))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        let served = server.await;
+        let grace = settings.api.shutdown_grace;
+        // Event streams and long-polls end at shutdown, and the stall guard cuts a
+        // client that stopped reading; this bounds the wait for what is left all
+        // the same (a response hyper cannot finish must not hold the exit).
+        let stopping = shutdown.clone();
+        let served = tokio::select! {
+            served = std::future::IntoFuture::into_future(server) => served,
+            _ = async move {
+                stopping.cancelled().await;
+                tokio::time::sleep(grace).await;
+            } => {
+                tracing::warn!(grace_ms = grace.as_millis() as u64, "connections were still open after the grace; closing them");
+                Ok(())
+            }
+        };
         shutdown.cancel();
 
         // Drain: the loops stop claiming; what was sent finishes within the grace.
         loops.close();
-        let grace = settings.api.shutdown_grace;
         // A loop is inside one store call at most; bounded all the same, so that a
         // store that hangs cannot hold the exit (nothing acknowledged depends on it).
         if tokio::time::timeout(grace, loops.wait()).await.is_err() {

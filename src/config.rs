@@ -124,6 +124,13 @@ pub struct ApiSettings {
     pub max_wait: Duration,
     #[serde(deserialize_with = "duration")]
     pub shutdown_grace: Duration,
+    /// How often an idle event stream sends a keep-alive comment.
+    #[serde(deserialize_with = "duration")]
+    pub events_keep_alive: Duration,
+    /// A connection whose client reads nothing for this long while the daemon has
+    /// more to send is closed (`api::stall`).
+    #[serde(deserialize_with = "duration")]
+    pub write_stall_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -281,6 +288,12 @@ impl Settings {
         }
         if api.max_body_bytes < 1024 {
             return Err(invalid("api.max_body_bytes", "must be at least 1024"));
+        }
+        if api.events_keep_alive < Duration::from_millis(100) {
+            return Err(invalid("api.events_keep_alive", "must be at least 100ms"));
+        }
+        if api.write_stall_timeout < Duration::from_millis(100) {
+            return Err(invalid("api.write_stall_timeout", "must be at least 100ms"));
         }
         if !(self.store.url.starts_with("sqlite:")
             || self.store.url.starts_with("postgres://")

@@ -37,6 +37,10 @@ pub const OUTCOMES: &str = "jobwatch_outcomes_total";
 pub const DELIVERIES: &str = "jobwatch_deliveries_total";
 /// Seconds one delivery attempt took.
 pub const DELIVERY_LATENCY: &str = "jobwatch_delivery_duration_seconds";
+/// Event streams (`GET /v1/events`) the daemon closed, by reason.
+pub const EVENT_STREAMS_CLOSED: &str = "jobwatch_event_streams_closed_total";
+/// Connections cut because their peer read nothing for `api.write_stall_timeout`.
+pub const STALLED_CONNECTIONS: &str = "jobwatch_http_stalled_connections_total";
 /// Seconds one store write took, by what was written.
 pub const STORE_WRITE_LATENCY: &str = "jobwatch_store_write_duration_seconds";
 
@@ -133,6 +137,12 @@ fn describe() {
         ::metrics::Unit::Seconds,
         "Seconds one store write took (including retries of a failed commit), by op."
     );
+    describe_counter!(EVENT_STREAMS_CLOSED, "Event streams (GET /v1/events) the daemon closed, by reason: lagged (fell behind the live state changes), shutdown, store_unavailable.");
+    describe_counter!(STALLED_CONNECTIONS, "HTTP connections cut because the client read nothing for api.write_stall_timeout while the daemon had more to send.");
+    for reason in ["lagged", "shutdown", "store_unavailable"] {
+        counter!(EVENT_STREAMS_CLOSED, "reason" => reason).increment(0);
+    }
+    counter!(STALLED_CONNECTIONS).increment(0);
     for result in POLL_RESULTS {
         counter!(POLLS, "result" => result).increment(0);
     }
@@ -212,6 +222,21 @@ pub fn delivery_attempted(next: DeliveryStatus, took: Duration) {
     };
     counter!(DELIVERIES, "result" => result).increment(1);
     histogram!(DELIVERY_LATENCY).record(took.as_secs_f64());
+}
+
+/// The daemon closed an event stream, for `reason`.
+pub fn event_stream_closed(reason: &str) {
+    let reason = match reason {
+        "lagged" => "lagged",
+        "shutdown" => "shutdown",
+        _ => "store_unavailable",
+    };
+    counter!(EVENT_STREAMS_CLOSED, "reason" => reason).increment(1);
+}
+
+/// The listener cut a connection whose client stopped reading.
+pub fn stalled_connection() {
+    counter!(STALLED_CONNECTIONS).increment(1);
 }
 
 /// One store write committed: `op` is `poll_results`, `delivery_attempts`,

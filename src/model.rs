@@ -122,6 +122,9 @@ pub fn check_kind_name(s: &str) -> Result<(), String> {
     }
 }
 
+/// The stream's event type of a cancellation (never sent as a webhook).
+pub const CANCELLED_EVENT: &str = "job.cancelled";
+
 /// How a watch ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -170,6 +173,20 @@ impl Outcome {
 
     pub fn from_event_type(s: &str) -> Option<Outcome> {
         Outcome::ALL.into_iter().find(|o| o.event_type() == Some(s))
+    }
+
+    /// The type of this outcome's event in the store and in `GET /v1/events`:
+    /// the webhook type, or `job.cancelled`. A cancellation is kept as an event
+    /// with no deliveries, so that the stream has every outcome (a client waiting
+    /// for a watch must learn that it was cancelled) while webhooks stay as the
+    /// brief lists them.
+    pub fn stream_type(self) -> &'static str {
+        self.event_type().unwrap_or(CANCELLED_EVENT)
+    }
+
+    /// The outcome of an event type of the stream.
+    pub fn from_stream_type(s: &str) -> Option<Outcome> {
+        Outcome::ALL.into_iter().find(|o| o.stream_type() == s)
     }
 }
 

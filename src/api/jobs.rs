@@ -380,7 +380,8 @@ async fn list(
     })))
 }
 
-/// Stop watching: the watch ends `cancelled` (no event is sent for it).
+/// Stop watching: the watch ends `cancelled` (no webhook is sent for it; the
+/// event stream has it as `job.cancelled`).
 #[utoipa::path(
     delete,
     path = "/v1/jobs/{kind}/{id}",
@@ -406,6 +407,8 @@ async fn cancel(
     match state.store.cancel_watch(kind, &id, now_ms()).await? {
         Cancelled::Now(w) => {
             let _ = state.signals.finished.send(w.wid);
+            // The cancellation was stored as an event of the stream.
+            state.signals.events_committed();
             Ok(Json(view::watch(&w)))
         }
         Cancelled::AlreadyEnded(w) => Err(ApiError::new(

@@ -3,9 +3,12 @@
 //! polling or delivery.
 
 pub mod error;
+mod events;
 mod health;
 mod jobs;
 pub mod openapi;
+mod page;
+pub mod stall;
 mod status;
 
 use std::sync::Arc;
@@ -40,8 +43,10 @@ pub struct AppState {
     /// The kinds a request may name: those of the configured upstreams.
     pub kinds: Vec<crate::model::Kind>,
     pub started: Instant,
-    /// Cancelled at shutdown: long-polls return early.
+    /// Cancelled at shutdown: long-polls return early, event streams end.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Event streams (`GET /v1/events`) open now.
+    pub streams: std::sync::atomic::AtomicUsize,
 }
 
 /// One upstream as the API reports it: its name, where it is, its kinds, its budget.
@@ -84,11 +89,13 @@ pub fn router(state: SharedState) -> Router {
     let v1 = Router::new()
         .merge(jobs::routes())
         .merge(status::routes())
+        .merge(events::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .merge(v1)
         .merge(health::routes())
         .merge(openapi::routes())
+        .merge(page::routes())
         .layer(middleware::map_response(error::json_errors))
         .layer(DefaultBodyLimit::max(state.settings.api.max_body_bytes))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {

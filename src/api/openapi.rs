@@ -45,9 +45,11 @@ pub const BEARER: &str = "bearer";
         super::status::list_deliveries,
         super::status::show_delivery,
         super::status::retry_delivery,
+        super::events::events,
         super::health::healthz,
         super::health::readyz,
         super::health::metrics,
+        super::page::page,
         openapi_json,
     ),
     components(schemas(
@@ -69,6 +71,7 @@ pub const BEARER: &str = "bearer";
         WatchCounts,
         OldestRunning,
         WebhookCounts,
+        EventCounts,
         StoreInfo,
         Health,
         Ready,
@@ -83,6 +86,7 @@ pub const BEARER: &str = "bearer";
     tags(
         (name = "jobs", description = "Watches: start, read (optionally waiting for the outcome), list, stop."),
         (name = "deliveries", description = "Webhook deliveries, their attempts, and redelivery of dead ones."),
+        (name = "events", description = "Outcomes and state changes as Server-Sent Events, resumable with Last-Event-ID."),
         (name = "operations", description = "Status, health, readiness, metrics and this document."),
     ),
 )]
@@ -445,6 +449,7 @@ pub struct StatusBody {
     #[schema(required = true)]
     pub replicas: Option<Vec<crate::poller::replicas::ReplicaStatus>>,
     pub webhooks: WebhookCounts,
+    pub events: EventCounts,
     pub store: StoreInfo,
     pub uptime_seconds: u64,
     pub version: String,
@@ -491,6 +496,15 @@ pub struct WebhookCounts {
     pub deliveries: BTreeMap<String, i64>,
 }
 
+/// `GET /v1/events`: where the stream stands.
+#[derive(Serialize, ToSchema)]
+pub struct EventCounts {
+    /// The position (SSE `id`) of the newest event ever stored; 0 before the first.
+    pub newest_position: i64,
+    /// Event streams open on this daemon.
+    pub streams: u64,
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct StoreInfo {
     /// store.url without its password.
@@ -535,6 +549,8 @@ mod tests {
             ("/v1/deliveries", &["get"]),
             ("/v1/deliveries/{id}", &["get"]),
             ("/v1/deliveries/{id}/retry", &["post"]),
+            ("/v1/events", &["get"]),
+            ("/", &["get"]),
             ("/healthz", &["get"]),
             ("/readyz", &["get"]),
             ("/metrics", &["get"]),

@@ -38,6 +38,7 @@ pub fn routes() -> Router<SharedState> {
 async fn status(State(state): State<SharedState>) -> ApiResult<Json<Value>> {
     let now = now_ms();
     let counts = state.store.counts(now).await?;
+    let positions = state.store.event_positions().await?;
     let health = state.upstream_health();
     let by_state: BTreeMap<String, i64> = counts
         .running_by_state
@@ -78,6 +79,10 @@ async fn status(State(state): State<SharedState>) -> ApiResult<Json<Value>> {
         "webhooks": {
             "backlog": deliveries.get("pending").copied().unwrap_or(0) + deliveries.get("retrying").copied().unwrap_or(0),
             "deliveries": deliveries,
+        },
+        "events": {
+            "newest_position": positions.newest,
+            "streams": state.streams.load(std::sync::atomic::Ordering::Relaxed),
         },
         "store": {"url": redact_url(&state.settings.store.url)},
         "uptime_seconds": state.started.elapsed().as_secs(),

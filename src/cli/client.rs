@@ -105,7 +105,17 @@ impl Client {
         &self.base
     }
 
-    fn url(&self, segments: &[&str]) -> Url {
+    /// The HTTP client, for requests this type has no method for (the event stream).
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// The `Authorization` value, when a token was given.
+    pub(crate) fn token(&self) -> Option<&HeaderValue> {
+        self.token.as_ref()
+    }
+
+    pub(crate) fn url(&self, segments: &[&str]) -> Url {
         let mut url = self.base.clone();
         if let Ok(mut path) = url.path_segments_mut() {
             path.pop_if_empty().extend(segments);
@@ -266,7 +276,7 @@ impl Client {
 }
 
 /// The daemon's `{"error":{"code","message"}}`, or the raw body when it is not that.
-fn refusal(status: StatusCode, body: &[u8]) -> Refusal {
+pub(crate) fn refusal(status: StatusCode, body: &[u8]) -> Refusal {
     let parsed: Option<Value> = serde_json::from_slice(body).ok();
     let field = |k: &str| {
         parsed
@@ -290,7 +300,7 @@ fn refusal(status: StatusCode, body: &[u8]) -> Refusal {
 }
 
 /// An error and its causes on one line: reqwest's own message rarely says *why*.
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -1,8 +1,9 @@
 //! `jobwatch demo`: the one-command tour. In one process it starts the simulator (the
 //! upstream), the daemon on a fresh local SQLite file, and a webhook receiver that verifies
 //! every signature; it watches a few hundred sample jobs of mixed outcomes, shows progress
-//! until every outcome is delivered and verified, prints a summary, and keeps the API up
-//! for the user to try until Ctrl-C.
+//! until every outcome is delivered and verified (outcomes counted from the daemon's event
+//! stream), prints a summary, and keeps the API and the status page up for the user to
+//! try until Ctrl-C.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::IsTerminal as _;
@@ -20,6 +21,7 @@ use serde_json::{json, Map, Value};
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
+use super::sse::EventStream;
 use super::watch::{post_all, PostOptions};
 use super::{parse_duration, Client, ServerArgs};
 use crate::app::{cancel_on_signals, Daemon};
@@ -235,10 +237,17 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<u8> {
         "  webhook receiver    {hook_url}  (verifies every signature with a new whsec_ secret)"
     );
 
+    println!("  status page         {api}/  (open it in a browser)");
+
     let client = Client::new(&ServerArgs {
         server: Url::parse(&api).context("the daemon's URL")?,
         token: None,
     })?;
+    // Subscribed before the jobs are posted: every outcome of the tour comes through.
+    let events = EventStream::open(&client, &[])
+        .await
+        .map_err(|e| anyhow::anyhow!("opening the event stream: {e}"))?
+        .map_err(|r| anyhow::anyhow!("opening the event stream: {}", r.message))?;
     let jobs = sample_jobs(args.jobs);
     let total = jobs.len() as u64;
     let mut groups: HashMap<(Kind, Option<Duration>), Vec<String>> = HashMap::new();
@@ -269,7 +278,7 @@ pub async fn demo(args: DemoArgs) -> anyhow::Result<u8> {
         "Watching {total} sample jobs (plain ids and the prefixes succeed-, done-, failed-, failure-, doneerr-, successerr-, notyet-, notfound-, badrequest-, running-), each with a webhook to the receiver."
     );
 
-    let progress = follow(&client, &receiver, total, &stop, args.deadline).await;
+    let progress = follow(events, &client, &receiver, total, &stop, args.deadline).await;
     let status = client
         .status_text()
         .await
@@ -320,8 +329,11 @@ enum Progress {
 }
 
 /// Shows watches ended and deliveries verified until every outcome is delivered, Ctrl-C, or
-/// the deadline. Bars on a terminal; a plain line every few seconds otherwise.
+/// the deadline. Bars on a terminal; a plain line every few seconds otherwise. Outcomes
+/// are counted from the daemon's event stream as they are stored (from its status if the
+/// stream fails); deliveries from the receiver.
 async fn follow(
+    mut events: EventStream,
     client: &Client,
     receiver: &Receiver,
     total: u64,
@@ -344,9 +356,18 @@ async fn follow(
 
     let until = tokio::time::Instant::now() + deadline;
     let mut last_line = Instant::now();
+    let mut streamed: BTreeMap<String, u64> = BTreeMap::new();
+    let mut stream_ok = true;
     let outcome = loop {
         let verified = receiver.verified();
-        let (ended, by_outcome) = ended_counts(client).await;
+        let (ended, by_outcome) = if stream_ok {
+            let mut by: Vec<(String, u64)> =
+                streamed.iter().map(|(o, n)| (o.clone(), *n)).collect();
+            by.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            (by.iter().map(|(_, n)| n).sum(), outcome_text(&by))
+        } else {
+            ended_counts(client).await
+        };
         ended_bar.set_position(ended.min(total));
         ended_bar.set_message(by_outcome.clone());
         hooks_bar.set_position(verified.min(total));
@@ -363,10 +384,35 @@ async fn follow(
         if verified >= total {
             break Progress::Complete;
         }
-        tokio::select! {
-            _ = stop.cancelled() => break Progress::Interrupted,
-            _ = tokio::time::sleep_until(until) => break Progress::OutOfTime,
-            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        // Redraw at least every 250 ms (the receiver's count moves on its own), and
+        // at once for each outcome.
+        let tick = tokio::time::sleep(Duration::from_millis(250));
+        tokio::pin!(tick);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep_until(until) => break,
+                _ = &mut tick => break,
+                e = events.next(), if stream_ok => match e {
+                    Ok(e) => {
+                        let body: Value = serde_json::from_str(&e.data).unwrap_or(Value::Null);
+                        if let Some(o) = body["data"]["outcome"].as_str() {
+                            *streamed.entry(o.to_string()).or_default() += 1;
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("jobwatch demo: the event stream failed ({e}); counting from /v1/status");
+                        stream_ok = false;
+                    }
+                },
+            }
+        }
+        if stop.is_cancelled() {
+            break Progress::Interrupted;
+        }
+        if tokio::time::Instant::now() >= until {
+            break Progress::OutOfTime;
         }
     };
     ended_bar.finish();
@@ -387,13 +433,15 @@ async fn ended_counts(client: &Client) -> (u64, String) {
         return (0, String::new());
     };
     let by = outcome_counts(&status);
-    let ended = by.iter().map(|(_, n)| n).sum();
-    let text = by
-        .iter()
+    (by.iter().map(|(_, n)| n).sum(), outcome_text(&by))
+}
+
+/// `210 succeeded · 12 failed`.
+fn outcome_text(by: &[(String, u64)]) -> String {
+    by.iter()
         .map(|(o, n)| format!("{n} {o}"))
         .collect::<Vec<_>>()
-        .join(" · ");
-    (ended, text)
+        .join(" · ")
 }
 
 /// `ended_by_outcome` of a status, largest first, without zeros.
@@ -466,7 +514,9 @@ fn print_summary(progress: &Progress, status: &Value, t: &Tally, total: u64, too
 fn print_try_it(api: &str, hook_url: &str, sim: &SocketAddr, whsec: &str, example: &SampleJob) {
     println!();
     println!("The API stays up on {api} until Ctrl-C. Try:");
+    println!("  open {api}/ in a browser: the status page, live");
     println!("  curl -s {api}/v1/status");
+    println!("  curl -sN {api}/v1/events            # outcomes as Server-Sent Events, as they are stored");
     println!("  curl -s '{api}/v1/jobs?outcome=failed&limit=3'");
     println!("  curl -s {api}/v1/jobs/{}/{}", example.kind, example.id);
     println!(

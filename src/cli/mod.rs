@@ -5,6 +5,7 @@
 
 mod client;
 pub mod demo;
+pub mod sse;
 mod status;
 mod wait;
 mod watch;

@@ -1,16 +1,20 @@
 //! `jobwatch wait`: block until the watches of some ids end, like `wait_for_completion`,
-//! by long-polling `GET /v1/jobs/{kind}/{id}?wait=N` for all ids at once (bounded), and
-//! exit with a code that says how they ended.
+//! and exit with a code that says how they ended. It subscribes to the daemon's event
+//! stream (`GET /v1/events`) first, then reads each watch once: a watch that ended before
+//! the subscription shows its outcome in that read, one that ends after comes through
+//! the stream, which resumes with `Last-Event-ID` if the connection drops.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal as _;
 use std::time::Duration;
 
 use futures::stream::{self, StreamExt as _};
 use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::Value;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::sse::EventStream;
 use super::watch::{describe, post_all, PostOptions};
 use super::{
     code, collect_ids, most_severe, outcome_code, parse_duration, CliError, Client, KindArg,
@@ -45,14 +49,11 @@ pub struct WaitArgs {
     #[arg(long, value_name = "URL", requires = "watch")]
     pub webhook: Option<String>,
 
-    /// Ids long-polled at once.
+    /// Watches read at once when the wait starts (each id's watch is read once; later
+    /// outcomes come through the daemon's event stream).
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub concurrency: u16,
 }
-
-/// Longest single long-poll; the daemon may cap it lower (api.max_wait), which only means
-/// more rounds.
-const LONG_POLL: Duration = Duration::from_secs(60);
 
 /// How one id's wait ended.
 #[derive(Debug)]
@@ -104,59 +105,175 @@ pub async fn wait(args: WaitArgs) -> Result<u8, CliError> {
         .await?;
         eprintln!("{}", describe(kind, &posted));
     }
+    // Subscribe before reading the watches: an outcome stored after this point comes
+    // through the stream, one stored before shows in the read.
+    let mut events = EventStream::open(&client, &[("kind", kind.as_str())])
+        .await?
+        .map_err(|r| r.into_error("GET /v1/events"))?;
 
-    let stdout_tty = std::io::stdout().is_terminal();
-    let bar = (ids.len() > 1 && std::io::stderr().is_terminal()).then(|| {
-        let bar = ProgressBar::new(ids.len() as u64);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {bar:30.cyan/blue} {pos}/{len} ended {wide_msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        bar.enable_steady_tick(Duration::from_millis(200));
-        bar
-    });
-    // The first error that makes every other wait pointless (daemon gone, token refused)
+    let mut report = Report::new(kind, ids.len());
+    // The first error that makes every other read pointless (daemon gone, token refused)
     // stops the rest instead of letting each id find out on its own.
     let abort = CancellationToken::new();
-
-    let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
-    let mut errors: Vec<String> = Vec::new();
-    let mut codes = Vec::with_capacity(ids.len());
-    let mut results = stream::iter(ids.iter())
+    // id -> the generation being waited for.
+    let mut running: HashMap<&str, i64> = HashMap::new();
+    let mut reads = stream::iter(ids.iter())
         .map(|id| {
-            let client = &client;
-            let abort = &abort;
+            let (client, abort) = (&client, &abort);
             async move {
-                let ended = tokio::select! {
-                    e = wait_one(client, kind, id, deadline) => e,
-                    _ = abort.cancelled() => Ended::Error(CliError::Unavailable("stopped after an earlier error".into())),
+                let read = tokio::select! {
+                    r = client.get_watch(kind, id, Duration::ZERO) => r,
+                    _ = abort.cancelled() => Err(CliError::Unavailable("stopped after an earlier error".into())),
                 };
-                if matches!(ended, Ended::Error(CliError::Unavailable(_) | CliError::NoPermission(_))) {
+                if matches!(read, Err(CliError::Unavailable(_) | CliError::NoPermission(_))) {
                     abort.cancel();
                 }
-                (id, ended)
+                (id.as_str(), read)
             }
         })
         .buffer_unordered(args.concurrency as usize);
+    while let Some((id, read)) = reads.next().await {
+        match read {
+            Ok(Ok(Some(w))) => match outcome_of(&w) {
+                Ok(Some(o)) => report.ended(id, Ended::Outcome(o)),
+                Ok(None) => {
+                    running.insert(id, w["generation"].as_i64().unwrap_or(0));
+                }
+                Err(e) => report.ended(id, Ended::Error(e)),
+            },
+            Ok(Ok(None)) => report.ended(id, Ended::NotWatched),
+            Ok(Err(refusal)) => report.ended(
+                id,
+                Ended::Error(refusal.into_error(&format!("GET {kind}/{id}"))),
+            ),
+            Err(e) => report.ended(id, Ended::Error(e)),
+        }
+    }
+    drop(reads);
 
-    while let Some((id, ended)) = results.next().await {
-        *counts.entry(ended.word()).or_default() += 1;
-        codes.push(ended.code());
-        if let Ended::Error(e) = &ended {
-            let text = e.to_string();
-            if !errors.contains(&text) {
-                errors.push(text);
+    while !running.is_empty() {
+        let next = match deadline {
+            Some(d) => tokio::time::timeout_at(d, events.next()).await,
+            None => Ok(events.next().await),
+        };
+        let event = match next {
+            Ok(Ok(e)) => e,
+            Ok(Err(e)) => {
+                // The daemon went away for good, or refused the stream: every id
+                // still running ends the same way.
+                let text = e.to_string();
+                for (id, _) in running.drain() {
+                    report.ended(id, Ended::Error(same_kind_of_error(&e, text.clone())));
+                }
+                break;
+            }
+            Err(_) => {
+                for (id, _) in running.drain() {
+                    report.ended(id, Ended::StillRunning);
+                }
+                break;
+            }
+        };
+        let Ok(body) = serde_json::from_str::<Value>(&event.data) else {
+            continue;
+        };
+        let w = &body["data"];
+        let Some(id) = w["id"].as_str() else { continue };
+        let waited = running
+            .get_key_value(id)
+            .filter(|(_, generation)| w["generation"].as_i64().unwrap_or(0) >= **generation)
+            .map(|(id, _)| *id);
+        if let (Some(id), Some(kind_seen)) = (waited, w["kind"].as_str()) {
+            if kind_seen != kind.as_str() {
+                continue;
+            }
+            match outcome_of(w) {
+                Ok(Some(o)) => {
+                    running.remove(id);
+                    report.ended(id, Ended::Outcome(o));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    running.remove(id);
+                    report.ended(id, Ended::Error(e));
+                }
             }
         }
-        let line = format!("{kind}/{id} {}", ended.word());
-        match &bar {
+    }
+    Ok(report.finish())
+}
+
+/// The outcome of a watch as the API shows it (in a GET, or an event's `data`).
+fn outcome_of(w: &Value) -> Result<Option<Outcome>, CliError> {
+    match w["outcome"].as_str() {
+        None => Ok(None),
+        Some(o) => o
+            .parse::<Outcome>()
+            .map(Some)
+            .map_err(|e| CliError::Unavailable(format!("{}/{}: {e}", w["kind"], w["id"]))),
+    }
+}
+
+/// `e` again, for another id (an error is reported once per id).
+fn same_kind_of_error(e: &CliError, text: String) -> CliError {
+    match e {
+        CliError::Usage(_) => CliError::Usage(text),
+        CliError::Unavailable(_) => CliError::Unavailable(text),
+        CliError::NoPermission(_) => CliError::NoPermission(text),
+    }
+}
+
+/// What has ended so far: the exit codes, the counts, a line per id, the bar.
+struct Report {
+    kind: Kind,
+    total: usize,
+    stdout_tty: bool,
+    bar: Option<ProgressBar>,
+    counts: BTreeMap<&'static str, u64>,
+    errors: Vec<String>,
+    codes: Vec<u8>,
+}
+
+impl Report {
+    fn new(kind: Kind, total: usize) -> Report {
+        let bar = (total > 1 && std::io::stderr().is_terminal()).then(|| {
+            let bar = ProgressBar::new(total as u64);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {bar:30.cyan/blue} {pos}/{len} ended {wide_msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        });
+        Report {
+            kind,
+            total,
+            stdout_tty: std::io::stdout().is_terminal(),
+            bar,
+            counts: BTreeMap::new(),
+            errors: Vec::new(),
+            codes: Vec::with_capacity(total),
+        }
+    }
+
+    fn ended(&mut self, id: &str, ended: Ended) {
+        *self.counts.entry(ended.word()).or_default() += 1;
+        self.codes.push(ended.code());
+        if let Ended::Error(e) = &ended {
+            let text = e.to_string();
+            if !self.errors.contains(&text) {
+                self.errors.push(text);
+            }
+        }
+        let line = format!("{}/{id} {}", self.kind, ended.word());
+        match &self.bar {
             Some(bar) => {
                 bar.inc(1);
-                bar.set_message(summary(&counts));
+                bar.set_message(summary(&self.counts));
                 // On a terminal the bar says how many succeeded; only the others get a line.
-                if !stdout_tty {
+                if !self.stdout_tty {
                     bar.suspend(|| println!("{line}"));
                 } else if !matches!(ended, Ended::Outcome(Outcome::Succeeded)) {
                     bar.println(line);
@@ -165,19 +282,22 @@ pub async fn wait(args: WaitArgs) -> Result<u8, CliError> {
             None => println!("{line}"),
         }
     }
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
+
+    fn finish(self) -> u8 {
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
+        }
+        for e in &self.errors {
+            eprintln!("jobwatch: {e}");
+        }
+        if self.counts.contains_key("not_watched") {
+            eprintln!("jobwatch: some ids are not being watched: start them with `jobwatch watch` or `jobwatch wait --watch`");
+        }
+        if self.total > 1 {
+            eprintln!("{} ids: {}", self.total, summary(&self.counts));
+        }
+        most_severe(self.codes)
     }
-    for e in &errors {
-        eprintln!("jobwatch: {e}");
-    }
-    if counts.contains_key("not_watched") {
-        eprintln!("jobwatch: some ids are not being watched: start them with `jobwatch watch` or `jobwatch wait --watch`");
-    }
-    if ids.len() > 1 {
-        eprintln!("{} ids: {}", ids.len(), summary(&counts));
-    }
-    Ok(most_severe(codes))
 }
 
 /// `12 succeeded, 2 failed`.
@@ -187,37 +307,4 @@ fn summary(counts: &BTreeMap<&'static str, u64>) -> String {
         .map(|(k, n)| format!("{n} {k}"))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-async fn wait_one(client: &Client, kind: Kind, id: &str, deadline: Option<Instant>) -> Ended {
-    loop {
-        let wait = match deadline {
-            Some(d) => d.saturating_duration_since(Instant::now()).min(LONG_POLL),
-            None => LONG_POLL,
-        };
-        let asked = Instant::now();
-        let watch = match client.get_watch(kind, id, wait).await {
-            Ok(Ok(Some(w))) => w,
-            Ok(Ok(None)) => return Ended::NotWatched,
-            Ok(Err(refusal)) => {
-                return Ended::Error(refusal.into_error(&format!("GET {kind}/{id}")))
-            }
-            Err(e) => return Ended::Error(e),
-        };
-        match watch["outcome"].as_str() {
-            Some(o) => {
-                return match o.parse::<Outcome>() {
-                    Ok(o) => Ended::Outcome(o),
-                    Err(e) => Ended::Error(CliError::Unavailable(format!("{kind}/{id}: {e}"))),
-                }
-            }
-            None if deadline.is_some_and(|d| Instant::now() >= d) => return Ended::StillRunning,
-            None => {
-                // A daemon that is shutting down answers long-polls at once: do not spin.
-                if asked.elapsed() < wait / 2 {
-                    tokio::time::sleep(Duration::from_millis(500).min(wait)).await;
-                }
-            }
-        }
-    }
 }

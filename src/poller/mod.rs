@@ -307,6 +307,8 @@ impl Poller {
                 tracing::warn!(upstream = self.client.name(), kind = %w.kind, id = %w.job_id, state = ?status.state, "upstream reports a state its kind's table does not name; still watching");
             }
         }
+        // Only when a stream listens: the copy is one allocation per poll.
+        let before = self.signals.wants_states().then(|| w.state.clone());
         let record = decide(
             w,
             answer,
@@ -315,6 +317,12 @@ impl Poller {
             self.not_found_grace,
             &mut rand::rng(),
         );
+        if let Some(before) = before {
+            // A watch that ends says so with its outcome's event.
+            if record.outcome.is_none() && record.state.is_some() && record.state != before {
+                self.signals.state_changed(before.as_deref(), &record);
+            }
+        }
         let event = self.routes.event_for(&record);
         self.writer
             .send(Write::Watch(WatchUpdate { record, event }))

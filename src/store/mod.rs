@@ -293,6 +293,34 @@ pub struct AttemptResult {
     pub next_attempt_at: Option<Millis>,
 }
 
+/// One stored event as `GET /v1/events` sends it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamedEvent {
+    /// The event's eid: its place in the stream (the SSE `id`).
+    pub position: i64,
+    pub event_type: String,
+    pub kind: String,
+    /// The webhook body, exactly as the deliveries send it.
+    pub body: String,
+}
+
+/// Where the stream of events stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EventPositions {
+    /// The position of the newest event ever written (0 before the first), pruned
+    /// or not. Every event up to it is committed: positions are given in commit order.
+    pub newest: i64,
+    /// The oldest event still kept (`None` when none is).
+    pub oldest: Option<i64>,
+}
+
+/// Which events a stream wants (`None`: all).
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub types: Option<Vec<&'static str>>,
+    pub kinds: Option<Vec<Kind>>,
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Counts {
     /// (state or null, number) of running watches.
@@ -393,6 +421,18 @@ pub trait Store: Send + Sync + 'static {
     async fn retry_delivery(&self, did: i64, now: Millis) -> Result<Retried>;
     async fn next_delivery_at(&self) -> Result<Option<Millis>>;
 
+    /// The newest position and the oldest kept (see [`EventPositions`]).
+    async fn event_positions(&self) -> Result<EventPositions>;
+    /// Up to `limit` events of `filter` with a position in `(after, upto]`,
+    /// in position order.
+    async fn events_between(
+        &self,
+        after: i64,
+        upto: i64,
+        filter: &EventFilter,
+        limit: u32,
+    ) -> Result<Vec<StreamedEvent>>;
+
     async fn counts(&self, now: Millis) -> Result<Counts>;
     /// Delete up to `limit` watches that ended before `before`, with their events,
     /// deliveries and attempts, unless a delivery of theirs is still pending.
@@ -408,6 +448,16 @@ pub trait Store: Send + Sync + 'static {
 }
 
 pub type DynStore = Arc<dyn Store>;
+
+/// The event a cancellation is kept as: in the stream, never delivered.
+pub fn cancelled_event(w: &WatchRecord) -> NewEvent {
+    let event_type = Outcome::Cancelled.stream_type();
+    NewEvent {
+        event_type,
+        body: crate::view::event_body(event_type, w),
+        deliveries: Vec::new(),
+    }
+}
 
 /// Open the store named by `store.url`, creating and migrating it as needed.
 pub async fn open(url: &str) -> Result<DynStore> {

@@ -160,6 +160,8 @@ impl Store for PgStore {
 
     async fn cancel_watch(&self, kind: Kind, job_id: &str, now: Millis) -> Result<Cancelled> {
         let mut tx = self.pool.begin().await?;
+        // The counter before the watch's row, as every event-writing transaction.
+        let last = lock_event_positions(&mut tx).await?;
         let row: Option<WatchRow> = sqlx::query_as(&format!(
             "UPDATE watches SET outcome = 'cancelled', outcome_at = $3, next_poll_at = NULL, leased_until = NULL
              WHERE kind = $1 AND job_id = $2 AND outcome IS NULL RETURNING {WATCH_COLS}"
@@ -170,7 +172,12 @@ impl Store for PgStore {
         .fetch_optional(&mut *tx)
         .await?;
         let result = match row {
-            Some(row) => Cancelled::Now(row.try_into()?),
+            Some(row) => {
+                let w: WatchRecord = row.try_into()?;
+                insert_event(&mut tx, last + 1, &w, &cancelled_event(&w), now).await?;
+                set_event_positions(&mut tx, Some(last + 1)).await?;
+                Cancelled::Now(w)
+            }
             None => {
                 let row: Option<WatchRow> = sqlx::query_as(&format!(
                     "SELECT {WATCH_COLS} FROM watches WHERE kind = $1 AND job_id = $2"
@@ -265,6 +272,15 @@ impl Store for PgStore {
     async fn apply_watch_updates(&self, updates: &[WatchUpdate]) -> Result<Vec<bool>> {
         let mut applied = Vec::with_capacity(updates.len());
         let mut tx = self.pool.begin().await?;
+        // Before any watch row: every transaction that writes events locks the
+        // counter first, so two of them never hold each other's rows (see the
+        // migration 0003 for why eids come from it).
+        let mut last = if updates.iter().any(|u| u.event.is_some()) {
+            Some(lock_event_positions(&mut tx).await?)
+        } else {
+            None
+        };
+        let first = last;
         for u in updates {
             let r = &u.record;
             let done = sqlx::query(
@@ -296,18 +312,11 @@ impl Store for PgStore {
             .rows_affected()
                 == 1;
             if done {
-                if let Some(event) = &u.event {
+                if let (Some(event), Some(last)) = (&u.event, last.as_mut()) {
                     let created_at = r.outcome_at.unwrap_or_else(now_ms);
-                    let eid: i64 = sqlx::query_scalar(
-                        "INSERT INTO events (wid, generation, type, body, created_at) VALUES ($1, $2, $3, $4, $5) RETURNING eid",
-                    )
-                    .bind(r.wid)
-                    .bind(r.generation)
-                    .bind(event.event_type)
-                    .bind(&event.body)
-                    .bind(created_at)
-                    .fetch_one(&mut *tx)
-                    .await?;
+                    *last += 1;
+                    let eid = *last;
+                    insert_event(&mut tx, eid, r, event, created_at).await?;
                     for d in &event.deliveries {
                         sqlx::query(
                             "INSERT INTO deliveries (eid, wid, webhook_id, target, url, status, next_attempt_at, created_at)
@@ -325,6 +334,9 @@ impl Store for PgStore {
                 }
             }
             applied.push(done);
+        }
+        if last != first {
+            set_event_positions(&mut tx, last).await?;
         }
         tx.commit().await?;
         Ok(applied)
@@ -503,6 +515,54 @@ impl Store for PgStore {
         .await?)
     }
 
+    async fn event_positions(&self) -> Result<EventPositions> {
+        // One statement: one snapshot. The counter's committed value is safe to
+        // read without its lock: every eid up to it is committed (migration 0003).
+        let (newest, oldest): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT (SELECT last FROM event_positions WHERE id = 1), (SELECT min(eid) FROM events)",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(EventPositions { newest, oldest })
+    }
+
+    async fn events_between(
+        &self,
+        after: i64,
+        upto: i64,
+        filter: &EventFilter,
+        limit: u32,
+    ) -> Result<Vec<StreamedEvent>> {
+        let types: Option<Vec<&str>> = filter.types.clone();
+        let kinds: Option<Vec<&str>> = filter
+            .kinds
+            .as_ref()
+            .map(|k| k.iter().map(|k| k.as_str()).collect());
+        let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
+            "SELECT e.eid, e.type, w.kind, e.body FROM events e JOIN watches w ON w.wid = e.wid
+             WHERE e.eid > $1 AND e.eid <= $2
+               AND ($3::text[] IS NULL OR e.type = ANY($3))
+               AND ($4::text[] IS NULL OR w.kind = ANY($4))
+             ORDER BY e.eid LIMIT $5",
+        )
+        .bind(after)
+        .bind(upto)
+        .bind(types)
+        .bind(kinds)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(position, event_type, kind, body)| StreamedEvent {
+                position,
+                event_type,
+                kind,
+                body,
+            })
+            .collect())
+    }
+
     async fn counts(&self, now: Millis) -> Result<Counts> {
         let running_by_state: Vec<(Option<String>, i64)> =
             sqlx::query_as("SELECT state, count(*) FROM watches WHERE outcome IS NULL GROUP BY state ORDER BY state")
@@ -569,6 +629,47 @@ impl Store for PgStore {
     async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// The newest event's position, locked until the transaction ends: the next
+/// events of this transaction take the positions after it.
+async fn lock_event_positions(tx: &mut sqlx::PgConnection) -> Result<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT last FROM event_positions WHERE id = 1 FOR UPDATE")
+            .fetch_one(&mut *tx)
+            .await?,
+    )
+}
+
+async fn set_event_positions(tx: &mut sqlx::PgConnection, last: Option<i64>) -> Result<()> {
+    if let Some(last) = last {
+        sqlx::query("UPDATE event_positions SET last = $1 WHERE id = 1")
+            .bind(last)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(())
+}
+
+async fn insert_event(
+    tx: &mut sqlx::PgConnection,
+    eid: i64,
+    w: &WatchRecord,
+    event: &NewEvent,
+    created_at: Millis,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO events (eid, wid, generation, type, body, created_at) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(eid)
+    .bind(w.wid)
+    .bind(w.generation)
+    .bind(event.event_type)
+    .bind(&event.body)
+    .bind(created_at)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 /// The kinds of a lane as a text array parameter (`None`: every kind).

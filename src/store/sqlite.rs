@@ -514,6 +514,11 @@ fn distinct_runs(keys: impl Iterator<Item = i64>) -> Vec<(usize, usize)> {
     runs
 }
 
+/// Names as a JSON array of strings, for `IN (SELECT value FROM json_each(?))`.
+fn json_list<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    serde_json::Value::from(names.collect::<Vec<_>>()).to_string()
+}
+
 fn json_param(rows: &[serde_json::Value]) -> Result<String> {
     serde_json::to_string(rows).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
@@ -599,14 +604,29 @@ async fn apply_watch_group(
         return Ok(());
     }
     let created = |r: &WatchRecord| r.outcome_at.unwrap_or_else(now_ms);
+    // Eids are stream positions: from the counter, in this batch's order (the one
+    // writer connection makes the read and the update below one step).
+    let last: i64 = sqlx::query_scalar("SELECT last FROM event_positions WHERE id = 1")
+        .fetch_one(&mut *tx)
+        .await?;
     let rows: Vec<serde_json::Value> = events
         .iter()
-        .map(|(r, e)| serde_json::json!([r.wid, r.generation, e.event_type, e.body, created(r)]))
+        .enumerate()
+        .map(|(i, (r, e))| {
+            serde_json::json!([
+                last + 1 + i as i64,
+                r.wid,
+                r.generation,
+                e.event_type,
+                e.body,
+                created(r)
+            ])
+        })
         .collect();
     let eids: std::collections::HashMap<i64, i64> = sqlx::query_as(concat!(
         rows_as!("e"),
-        "INSERT INTO events (wid, generation, type, body, created_at)
-         SELECT e.v ->> 0, e.v ->> 1, e.v ->> 2, e.v ->> 3, e.v ->> 4
+        "INSERT INTO events (eid, wid, generation, type, body, created_at)
+         SELECT e.v ->> 0, e.v ->> 1, e.v ->> 2, e.v ->> 3, e.v ->> 4, e.v ->> 5
          FROM e
          RETURNING wid, eid",
     ))
@@ -615,6 +635,10 @@ async fn apply_watch_group(
     .await?
     .into_iter()
     .collect();
+    sqlx::query("UPDATE event_positions SET last = ?1 WHERE id = 1")
+        .bind(last + events.len() as i64)
+        .execute(&mut *tx)
+        .await?;
     let mut rows = Vec::new();
     for (r, e) in &events {
         let eid = eids.get(&r.wid).ok_or_else(|| {
@@ -813,9 +837,10 @@ impl Store for SqliteStore {
                 w.outcome = Some(Outcome::Cancelled);
                 w.outcome_at = Some(now);
                 w.next_poll_at = None;
+                let event = cancelled_event(&w);
                 let update = WatchUpdate {
                     record: w,
-                    event: None,
+                    event: Some(event),
                 };
                 apply_watch_group(&mut tx, &[&update], &mut [false]).await?;
                 Cancelled::Now(update.record)
@@ -1182,6 +1207,53 @@ impl Store for SqliteStore {
         .bind(self.delivery_leases.held(now_ms()))
         .fetch_optional(&self.reader)
         .await?)
+    }
+
+    async fn event_positions(&self) -> Result<EventPositions> {
+        // One statement: one snapshot of the file.
+        let (newest, oldest): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT (SELECT last FROM event_positions WHERE id = 1), (SELECT min(eid) FROM events)",
+        )
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(EventPositions { newest, oldest })
+    }
+
+    async fn events_between(
+        &self,
+        after: i64,
+        upto: i64,
+        filter: &EventFilter,
+        limit: u32,
+    ) -> Result<Vec<StreamedEvent>> {
+        let types = filter.types.as_ref().map(|t| json_list(t.iter().copied()));
+        let kinds = filter
+            .kinds
+            .as_ref()
+            .map(|k| json_list(k.iter().map(|k| k.as_str())));
+        let rows: Vec<(i64, String, String, String)> = sqlx::query_as(
+            "SELECT e.eid, e.type, w.kind, e.body FROM events e JOIN watches w ON w.wid = e.wid
+             WHERE e.eid > ?1 AND e.eid <= ?2
+               AND (?3 IS NULL OR e.type IN (SELECT value FROM json_each(?3)))
+               AND (?4 IS NULL OR w.kind IN (SELECT value FROM json_each(?4)))
+             ORDER BY e.eid LIMIT ?5",
+        )
+        .bind(after)
+        .bind(upto)
+        .bind(types)
+        .bind(kinds)
+        .bind(limit as i64)
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(position, event_type, kind, body)| StreamedEvent {
+                position,
+                event_type,
+                kind,
+                body,
+            })
+            .collect())
     }
 
     async fn counts(&self, now: Millis) -> Result<Counts> {

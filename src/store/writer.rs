@@ -26,6 +26,13 @@ pub struct Signals {
     /// Watches were posted or rescheduled: every poller (one per upstream) should
     /// look. A counter, so that each poller sees a change it slept through.
     pub watches: watch::Sender<u64>,
+    /// Events were committed (outcomes, cancellations): event streams read the
+    /// store again. A counter, so that a stream sees a commit it slept through.
+    pub events: watch::Sender<u64>,
+    /// State changes as polls find them, for event streams that asked for them.
+    /// Live only (never stored as events: that would be a write per change): a
+    /// stream that falls this channel's length behind is closed, saying so.
+    pub states: broadcast::Sender<Arc<StateChange>>,
     /// The last batched write failed and none has succeeded since: `/readyz` says
     /// so. Set and cleared only by the writer.
     pub write_failing: std::sync::atomic::AtomicBool,
@@ -41,6 +48,8 @@ impl Signals {
             finished: broadcast::channel(8192).0,
             deliveries: Notify::new(),
             watches: watch::channel(0).0,
+            events: watch::channel(0).0,
+            states: broadcast::channel(STATE_CHANGES_KEPT).0,
             write_failing: std::sync::atomic::AtomicBool::new(false),
             checkpoint_failing: std::sync::atomic::AtomicBool::new(false),
         })
@@ -62,6 +71,13 @@ impl Signals {
         if queued {
             self.deliveries.notify_one();
         }
+        if updates
+            .iter()
+            .zip(applied)
+            .any(|(u, ok)| *ok && u.event.is_some())
+        {
+            self.events_committed();
+        }
         // A still-running watch got its next poll time (maybe in 100 ms): the poller,
         // asleep on the leased row's far-off time, must look again or it oversleeps
         // by up to a second.
@@ -74,6 +90,46 @@ impl Signals {
     pub fn watches_changed(&self) {
         self.watches.send_modify(|n| *n = n.wrapping_add(1));
     }
+
+    /// Wake every event stream: events were committed.
+    pub fn events_committed(&self) {
+        self.events.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Does any event stream want state changes? Polls build them only then.
+    pub fn wants_states(&self) -> bool {
+        self.states.receiver_count() > 0
+    }
+
+    /// Tell the streams that want them that `w`'s state changed from `previous`.
+    pub fn state_changed(&self, previous: Option<&str>, w: &super::WatchRecord) {
+        let body = serde_json::json!({
+            "type": STATE_CHANGED_EVENT,
+            "timestamp": w.last_poll_at.map(crate::view::rfc3339),
+            "previous_state": previous,
+            "data": crate::view::watch(w),
+        })
+        .to_string();
+        // No receiver left since the check: nobody to tell.
+        let _ = self
+            .states
+            .send(Arc::new(StateChange { kind: w.kind, body }));
+    }
+}
+
+/// The stream's event type of a state change (live only, never a webhook).
+pub const STATE_CHANGED_EVENT: &str = "job.state_changed";
+
+/// State changes the channel keeps for the slowest stream: past this many behind,
+/// a stream is closed (about 1 KiB each, shared by every stream).
+pub const STATE_CHANGES_KEPT: usize = 4096;
+
+/// One state change, as every stream that wants it sends it.
+#[derive(Debug)]
+pub struct StateChange {
+    pub kind: crate::model::Kind,
+    /// `{"type":"job.state_changed","timestamp","previous_state","data":{the watch}}`.
+    pub body: String,
 }
 
 // Most writes are watch updates: boxing them would cost an allocation per poll to

@@ -11,6 +11,7 @@ mod cli;
 mod core;
 mod crash;
 mod durability;
+mod events;
 mod metrics;
 mod postgres;
 mod python_receiver;

@@ -306,13 +306,15 @@ async fn metrics_count_every_poll_outcome_and_delivery_of_a_run() {
 }
 
 /// Every route the daemon serves, with its methods, as the document must list them.
-const ROUTES: [(&str, &[&str]); 10] = [
+const ROUTES: [(&str, &[&str]); 12] = [
     ("/v1/jobs", &["post", "get"]),
     ("/v1/jobs/{kind}/{id}", &["get", "delete"]),
     ("/v1/status", &["get"]),
     ("/v1/deliveries", &["get"]),
     ("/v1/deliveries/{id}", &["get"]),
     ("/v1/deliveries/{id}/retry", &["post"]),
+    ("/v1/events", &["get"]),
+    ("/", &["get"]),
     ("/healthz", &["get"]),
     ("/readyz", &["get"]),
     ("/metrics", &["get"]),

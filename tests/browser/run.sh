@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# The browser test of the status page: starts `jobwatch simulate` and `jobwatch serve`
+# (a temporary SQLite file, free loopback ports, a token, a signing secret, a webhook
+# schedule short enough that a delivery to a dead port ends `dead` in a second), runs
+# tests/browser/status-page.mjs against them in Debian's headless Chromium, and stops
+# both on exit.
+#
+# Needs /usr/bin/chromium (`apt-get install -y chromium`) and `npm ci` in
+# tests/browser (.ci/run does both). Environment: JOBWATCH_BIN (default: build and use
+# the debug binary), SCREENSHOT (also save a picture of the page there),
+# BROWSER_TEST_KEEP (keep the temporary directory: logs, database).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+if [ ! -x /usr/bin/chromium ]; then
+  echo "tests/browser/run.sh: /usr/bin/chromium is missing: apt-get install -y chromium" >&2
+  exit 1
+fi
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  echo "tests/browser/run.sh: run \`npm ci\` in tests/browser first" >&2
+  exit 1
+fi
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/jobwatch-browser.XXXXXX")"
+pids=()
+cleanup() {
+  local status=$?
+  for pid in "${pids[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${pids[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+  if [ "$status" -ne 0 ]; then
+    echo "-- daemon log (last 40 lines)"
+    tail -n 40 "$work/serve.log" 2>/dev/null || true
+  fi
+  if [ -n "${BROWSER_TEST_KEEP:-}" ]; then
+    echo "-- kept $work"
+  else
+    rm -rf "$work"
+  fi
+  exit "$status"
+}
+trap cleanup EXIT INT TERM
+
+if [ -z "${JOBWATCH_BIN:-}" ]; then
+  cargo build --quiet --locked --bin jobwatch
+  JOBWATCH_BIN="${CARGO_TARGET_DIR:-target}/debug/jobwatch"
+fi
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+sim_port="$(free_port)"
+api_port="$(free_port)"
+dead_port="$(free_port)" # nothing listens here: deliveries to it end dead
+token="browser-$RANDOM$RANDOM"
+
+"$JOBWATCH_BIN" simulate --listen "127.0.0.1:$sim_port" \
+  --min-running 1s --max-running 3s >"$work/simulate.log" 2>&1 &
+pids+=($!)
+
+cat >"$work/jobwatch.toml" <<EOF
+[api]
+listen = "127.0.0.1:$api_port"
+token = "$token"
+shutdown_grace = "2s"
+
+[store]
+url = "sqlite://$work/jobwatch.db"
+
+[upstream]
+base_url = "http://127.0.0.1:$sim_port"
+max_requests_per_second = 200.0
+burst = 50
+
+[poller]
+initial_interval = "300ms"
+max_interval = "1s"
+
+[webhooks]
+signing_secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+allow_private_targets = true
+request_timeout = "2s"
+retry_schedule = ["200ms"]
+
+[log]
+level = "warn"
+EOF
+
+"$JOBWATCH_BIN" serve --config "$work/jobwatch.toml" >"$work/serve.log" 2>&1 &
+pids+=($!)
+
+base="http://127.0.0.1:$api_port"
+for _ in $(seq 1 100); do
+  if curl -fsS "$base/readyz" >/dev/null 2>&1; then
+    break
+  fi
+  sleep 0.1
+done
+curl -fsS "$base/readyz" >/dev/null
+
+shot=()
+if [ -n "${SCREENSHOT:-}" ]; then
+  shot=(--screenshot "$SCREENSHOT")
+fi
+node tests/browser/status-page.mjs --url "$base" --token "$token" \
+  --dead-url "http://127.0.0.1:$dead_port/hook" "${shot[@]}"
