@@ -40,6 +40,8 @@ pub struct AppState {
     pub started: Instant,
     /// Cancelled at shutdown: long-polls return early.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// What the learned cadence knows (for `/v1/status`).
+    pub history: Arc<crate::poller::history::History>,
 }
 
 /// One upstream as the API reports it: its name, where it is, its kinds, its budget.

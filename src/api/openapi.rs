@@ -64,6 +64,8 @@ pub const BEARER: &str = "bearer";
         Attempt,
         DeliveryPage,
         StatusBody,
+        CadenceStatus,
+        crate::poller::history::KindHistory,
         UpstreamStatus,
         WatchCounts,
         OldestRunning,
@@ -440,9 +442,20 @@ pub struct StatusBody {
     /// Each configured upstream on its own.
     pub upstreams: Vec<UpstreamStatus>,
     pub webhooks: WebhookCounts,
+    pub cadence: CadenceStatus,
     pub store: StoreInfo,
     pub uptime_seconds: u64,
     pub version: String,
+}
+
+/// The cadence in `GET /v1/status`: the policy, and per kind what the history
+/// of ended jobs holds.
+#[derive(Serialize, ToSchema)]
+pub struct CadenceStatus {
+    /// `poller.cadence`: `backoff` or `learned`.
+    pub policy: String,
+    /// Kinds with ended jobs in the history, by name.
+    pub kinds: Vec<crate::poller::history::KindHistory>,
 }
 
 /// One upstream in `GET /v1/status`.

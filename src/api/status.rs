@@ -78,6 +78,10 @@ async fn status(State(state): State<SharedState>) -> ApiResult<Json<Value>> {
             "backlog": deliveries.get("pending").copied().unwrap_or(0) + deliveries.get("retrying").copied().unwrap_or(0),
             "deliveries": deliveries,
         },
+        "cadence": {
+            "policy": state.settings.poller.cadence.as_str(),
+            "kinds": state.history.kinds(),
+        },
         "store": {"url": redact_url(&state.settings.store.url)},
         "uptime_seconds": state.started.elapsed().as_secs(),
         "version": env!("CARGO_PKG_VERSION"),
