@@ -6,6 +6,7 @@ mod helpers;
 mod receiver;
 
 mod bench;
+mod cadence;
 mod cli;
 mod core;
 mod crash;
