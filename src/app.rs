@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use crate::api::{self, AppState, UpstreamState};
 use crate::config::Settings;
 use crate::poller::budget::{Budget, BudgetSettings};
+use crate::poller::history::History;
 use crate::poller::Poller;
 use crate::store::pruner::Pruner;
 use crate::store::writer::{self, Signals};
@@ -27,6 +28,8 @@ pub struct Daemon {
     signals: Arc<Signals>,
     /// One budget per upstream, in the order of `settings.resolved`.
     budgets: Vec<Arc<Budget>>,
+    /// How long jobs took, as the store kept it.
+    history: Arc<History>,
 }
 
 impl Daemon {
@@ -37,6 +40,16 @@ impl Daemon {
         let store = store_mod::open(&settings.store.url)
             .await
             .with_context(|| format!("opening the store at {}", redact_url(&settings.store.url)))?;
+        let history = Arc::new(History::new(
+            settings.poller.learn_by.clone(),
+            settings.poller.learn_after,
+        ));
+        history.load(
+            store
+                .load_durations()
+                .await
+                .context("reading the learned job durations")?,
+        );
         let listener = TcpListener::bind(settings.api.listen)
             .await
             .with_context(|| format!("api.listen: cannot listen on {}", settings.api.listen))?;
@@ -62,6 +75,7 @@ impl Daemon {
             store,
             signals: Signals::new(),
             budgets,
+            history,
         })
     }
 
@@ -78,6 +92,7 @@ impl Daemon {
             store,
             signals,
             budgets,
+            history,
         } = self;
         let (writer, writer_done) = writer::spawn(store.clone(), signals.clone());
         // One client, budget and poller per upstream; the first also ends the
@@ -105,6 +120,7 @@ impl Daemon {
                 signals.clone(),
                 shutdown.clone(),
                 i == 0,
+                history.clone(),
             )));
         }
         // Leases are released and overdue polls spread once, over the rate of
@@ -156,6 +172,7 @@ impl Daemon {
         loops.spawn(pruner.run(shutdown.clone()));
         loops.spawn(checkpoints(
             store.clone(),
+            history.clone(),
             settings.store.checkpoint_interval,
             signals.clone(),
             shutdown.clone(),
@@ -174,6 +191,7 @@ impl Daemon {
             started: Instant::now(),
             shutdown: shutdown.clone(),
             streams: Default::default(),
+            history: history.clone(),
         });
         let addr = listener.local_addr()?;
         let names: Vec<&str> = settings.resolved.iter().map(|d| d.name.as_str()).collect();
@@ -220,6 +238,13 @@ impl Daemon {
         if tokio::time::timeout(grace, writer_done).await.is_err() {
             tracing::warn!("queued writes were not committed within the grace; they will be redone after restart");
         }
+        // The ends decided since the last checkpoint, polls done: what was learned survives.
+        if tokio::time::timeout(grace, save_history(&store, &history))
+            .await
+            .is_err()
+        {
+            tracing::warn!("the learned job durations were not stored within the grace");
+        }
         if tokio::time::timeout(grace, store.close()).await.is_err() {
             tracing::warn!("the store did not close within the grace");
         }
@@ -235,6 +260,7 @@ impl Daemon {
 /// so meanwhile.
 async fn checkpoints(
     store: DynStore,
+    history: Arc<History>,
     every: Duration,
     signals: Arc<Signals>,
     shutdown: CancellationToken,
@@ -247,6 +273,7 @@ async fn checkpoints(
             _ = tokio::time::sleep(every) => {}
             _ = store.checkpoint_wanted(), if !failed => {}
         }
+        save_history(&store, &history).await;
         let started = Instant::now();
         match store.checkpoint().await {
             Ok(n) => {
@@ -263,6 +290,19 @@ async fn checkpoints(
                 tracing::warn!(error = %e, "writing the poll results kept in memory failed; trying again at the next checkpoint");
             }
         }
+    }
+}
+
+/// Store the duration summaries that changed (a few rows); a failure keeps them
+/// changed for the next checkpoint. Not a readiness matter: a statistic.
+async fn save_history(store: &DynStore, history: &History) {
+    let changed = history.take_changed();
+    if changed.is_empty() {
+        return;
+    }
+    if let Err(e) = store.save_durations(&changed, now_ms()).await {
+        history.unsaved(&changed);
+        tracing::warn!(error = %e, "storing the learned job durations failed; trying again at the next checkpoint");
     }
 }
 
@@ -329,6 +369,7 @@ mod tests {
         let shutdown = CancellationToken::new();
         let looping = tokio::spawn(checkpoints(
             store.clone(),
+            Arc::new(History::new(None, 50)),
             Duration::from_secs(3600),
             Signals::new(),
             shutdown.clone(),

@@ -185,6 +185,17 @@ pub struct PollerSettings {
     pub not_found_grace: Duration,
     #[serde(default, deserialize_with = "opt_duration")]
     pub default_timeout: Option<Duration>,
+    /// `backoff` or `learned` (docs/cadence.md).
+    pub cadence: crate::poller::cadence::Policy,
+    /// The learned cadence's price of a poll: the expected detection delay a poll
+    /// must save to be sent.
+    #[serde(deserialize_with = "duration")]
+    pub poll_price: Duration,
+    /// Ended jobs of a kind (decayed) before the learned cadence uses its history.
+    pub learn_after: u32,
+    /// A metadata key whose values get a history of their own (`model`, `region`).
+    #[serde(default, deserialize_with = "opt_text")]
+    pub learn_by: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -320,6 +331,12 @@ impl Settings {
         }
         if !(0.0..=0.5).contains(&p.jitter) {
             return Err(invalid("poller.jitter", "must be between 0.0 and 0.5"));
+        }
+        if p.poll_price.is_zero() {
+            return Err(invalid("poller.poll_price", "must be above 0"));
+        }
+        if p.learn_after == 0 {
+            return Err(invalid("poller.learn_after", "must be at least 1"));
         }
         let w = &self.webhooks;
         if w.request_timeout.is_zero() {
@@ -621,6 +638,11 @@ fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::
             .map(Some)
             .map_err(serde::de::Error::custom),
     }
+}
+
+/// An optional text setting: unset or empty is `None`.
+fn opt_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.filter(|s| !s.trim().is_empty()))
 }
 
 fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {

@@ -47,6 +47,8 @@ pub struct AppState {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// Event streams (`GET /v1/events`) open now.
     pub streams: std::sync::atomic::AtomicUsize,
+    /// What the learned cadence knows (for `/v1/status`).
+    pub history: Arc<crate::poller::history::History>,
 }
 
 /// One upstream as the API reports it: its name, where it is, its kinds, its budget.

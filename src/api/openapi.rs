@@ -66,6 +66,8 @@ pub const BEARER: &str = "bearer";
         Attempt,
         DeliveryPage,
         StatusBody,
+        CadenceStatus,
+        crate::poller::history::KindHistory,
         UpstreamStatus,
         crate::poller::replicas::ReplicaStatus,
         WatchCounts,
@@ -450,9 +452,20 @@ pub struct StatusBody {
     pub replicas: Option<Vec<crate::poller::replicas::ReplicaStatus>>,
     pub webhooks: WebhookCounts,
     pub events: EventCounts,
+    pub cadence: CadenceStatus,
     pub store: StoreInfo,
     pub uptime_seconds: u64,
     pub version: String,
+}
+
+/// The cadence in `GET /v1/status`: the policy, and per kind what the history
+/// of ended jobs holds.
+#[derive(Serialize, ToSchema)]
+pub struct CadenceStatus {
+    /// `poller.cadence`: `backoff` or `learned`.
+    pub policy: String,
+    /// Kinds with ended jobs in the history, by name.
+    pub kinds: Vec<crate::poller::history::KindHistory>,
 }
 
 /// One upstream in `GET /v1/status`.

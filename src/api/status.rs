@@ -84,6 +84,10 @@ async fn status(State(state): State<SharedState>) -> ApiResult<Json<Value>> {
             "newest_position": positions.newest,
             "streams": state.streams.load(std::sync::atomic::Ordering::Relaxed),
         },
+        "cadence": {
+            "policy": state.settings.poller.cadence.as_str(),
+            "kinds": state.history.kinds(),
+        },
         "store": {"url": redact_url(&state.settings.store.url)},
         "uptime_seconds": state.started.elapsed().as_secs(),
         "version": env!("CARGO_PKG_VERSION"),

@@ -9,7 +9,9 @@
 //! time, stops by itself, and kills the daemon on every way out. BENCHMARKS.md has
 //! the figures and the commands that gave them.
 
+pub mod cadence;
 mod daemon;
+mod live;
 pub mod load;
 mod receiver;
 mod report;
@@ -109,6 +111,61 @@ pub struct BenchArgs {
     /// CPU and memory are their sums, requests go to the first.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
     pub replicas: u32,
+    /// Instead of the throughput bench: the same jobs under fixed 5 s, backoff and
+    /// the learned cadence, without and with a binding budget, in simulated time
+    /// (BENCHMARKS.md, "Cadence"). `--set` settings apply.
+    #[arg(long)]
+    pub cadence_study: bool,
+
+    /// The study's jobs per run.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub study_jobs: u32,
+
+    /// A distribution of the study's running times, as the simulator's `--durations`
+    /// (without a kind); repeatable. Default: lognormal:2m,1, bimodal:30s,10m,0.7, pareto:30s,1.5.
+    #[arg(long = "study-durations", value_name = "SPEC")]
+    pub study_durations: Vec<crate::simulator::DurationsArg>,
+
+    /// The study's watches are posted evenly over this window (0s: all at once).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    pub study_arrivals: Duration,
+
+    /// Jobs that end under backoff first, from which the learned cadence learns.
+    #[arg(long, default_value_t = 1_000)]
+    pub study_warmup: u32,
+
+    /// The learned cadence's price to run at (repeatable); default `poller.poll_price`.
+    #[arg(long = "study-price", value_parser = humantime::parse_duration)]
+    pub study_prices: Vec<Duration>,
+
+    /// The binding runs' budget, as a share of the requests/s fixed 5 s needs in its
+    /// busiest minute.
+    #[arg(long, default_value_t = 0.5)]
+    pub study_budget_share: f64,
+
+    /// Also run the learned cadence, under the budget, with polls sent by their
+    /// chance of finding the end instead of earliest due (a comparison; the daemon
+    /// claims earliest due).
+    #[arg(long)]
+    pub study_chance_claims: bool,
+
+    /// With --cadence-study: also run the three cadences on the real daemon and
+    /// simulator for the first distribution, time scaled down by --live-scale.
+    #[arg(long)]
+    pub live: bool,
+
+    /// How many times faster than the study's the live runs' time goes (running
+    /// times, intervals and the price divided by it, the budget multiplied).
+    #[arg(long, default_value_t = 60.0)]
+    pub live_scale: f64,
+
+    /// Jobs measured per live run.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub live_jobs: u32,
+
+    /// Ends the learned daemon sees before the live run's measured jobs.
+    #[arg(long, default_value_t = 500)]
+    pub live_warmup: u32,
 }
 
 /// Ids of the main run: plain ids, so the simulator draws each outcome from its mix.
@@ -135,6 +192,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
     if args.replicas > 1 && !postgres {
         bail!("--replicas above 1 needs a shared store: --store postgres://...");
     }
+    if args.cadence_study {
+        return cadence_study(&args).await;
+    }
     let shutdown = CancellationToken::new();
     cancel_on_signals(shutdown.clone());
     let work = WorkDir::create(args.keep)?;
@@ -158,6 +218,113 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
     } else {
         0
     })
+}
+
+/// `--cadence-study`: every distribution asked for, in simulated time; with
+/// `--live`, the first one again on the real daemon, time scaled down.
+async fn cadence_study(args: &BenchArgs) -> anyhow::Result<u8> {
+    let secret = SigningSecret::generate();
+    let (base, settings) = daemon_settings(args, &secret)?;
+    let mut distributions = Vec::new();
+    for d in &args.study_durations {
+        if d.kind.is_some() {
+            bail!("--study-durations {d}: the study's jobs are of one kind; leave out `KIND=`");
+        }
+        distributions.push(d.distribution);
+    }
+    if distributions.is_empty() {
+        for spec in ["lognormal:2m,1", "bimodal:30s,10m,0.7", "pareto:30s,1.5"] {
+            distributions.push(
+                spec.parse::<crate::simulator::DurationsArg>()
+                    .map_err(|e| anyhow!("{e}"))?
+                    .distribution,
+            );
+        }
+    }
+    let opts = cadence::StudyOptions {
+        jobs: args.study_jobs,
+        arrivals: args.study_arrivals,
+        warmup: args.study_warmup,
+        prices: if args.study_prices.is_empty() {
+            vec![settings.poller.poll_price]
+        } else {
+            args.study_prices.clone()
+        },
+        budget_share: args.study_budget_share,
+        chance_claims: args.study_chance_claims,
+        seed: args.seed,
+    };
+    if !(opts.budget_share > 0.0 && opts.budget_share <= 1.0) {
+        bail!("--study-budget-share must be above 0 and at most 1");
+    }
+    if opts.prices.iter().any(|p| p.is_zero()) {
+        bail!("--study-price must be above 0");
+    }
+    if !(args.live_scale.is_finite() && args.live_scale >= 1.0) {
+        bail!("--live-scale must be a number of at least 1");
+    }
+    let mut studies = Vec::new();
+    for d in &distributions {
+        progress(format_args!("cadence study: {d}"));
+        studies.push(cadence::study(*d, &settings, &opts));
+    }
+    let live = if args.live {
+        let shutdown = CancellationToken::new();
+        cancel_on_signals(shutdown.clone());
+        let work = WorkDir::create(args.keep)?;
+        let exe = std::env::current_exe().context("finding this program to run its `serve`")?;
+        let live_opts = live::LiveOptions {
+            distribution: distributions[0],
+            scale: args.live_scale,
+            jobs: args.live_jobs,
+            warmup: args.live_warmup,
+            arrivals: args.study_arrivals,
+            budget_share: args.study_budget_share,
+            seed: args.seed,
+            max_time: args.max_time,
+        };
+        progress(format_args!(
+            "live: {} on the real daemon and simulator, time {}x faster; three daemons at once, without a budget, then with one",
+            distributions[0], args.live_scale
+        ));
+        let result = tokio::select! {
+            r = live::live(&exe, &work.path, &base, &settings, &live_opts, &shutdown) => r,
+            () = shutdown.cancelled() => Err(anyhow!("interrupted; the daemons were stopped")),
+        };
+        shutdown.cancel();
+        if args.keep {
+            eprintln!("work directory kept: {}", work.path.display());
+        }
+        Some((distributions[0], result?))
+    } else {
+        None
+    };
+    if args.json {
+        let live = live.as_ref().map(|(d, l)| {
+            serde_json::json!({
+                "distribution": d.to_string(),
+                "scale": args.live_scale,
+                "budget_per_second": l.budget_per_second,
+                "runs": l.runs,
+            })
+        });
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"studies": studies, "live": live}))?
+        );
+    } else {
+        cadence::print(&studies, &opts);
+        if let Some((d, l)) = &live {
+            println!();
+            println!(
+                "live, on the daemon and simulator with time {}x faster ({} jobs per run, figures scaled back):",
+                args.live_scale, args.live_jobs
+            );
+            println!();
+            cadence::print_runs(&d.to_string(), &l.runs, false);
+        }
+    }
+    Ok(0)
 }
 
 /// A fresh directory for the SQLite files and logs, removed at the end.

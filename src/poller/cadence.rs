@@ -1,10 +1,33 @@
 //! When a watch is polled next: the cadence while its state holds, and the backoff
-//! after transient errors. Pure functions of their inputs (the random source is
-//! passed in), so schedules are checked exactly in tests.
+//! after transient errors. Pure functions of their inputs (the random source and
+//! the learned history are passed in), so schedules are checked exactly in tests.
 
 use std::time::Duration;
 
 use rand::Rng;
+
+/// How a running watch's next poll is chosen (`poller.cadence`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Policy {
+    /// A short first interval that grows by `growth` while the state holds, reset
+    /// when it changes: what every hand-written client does.
+    #[default]
+    Backoff,
+    /// From the history of how long jobs of the kind took (`history`): often
+    /// where ends are likely, rarely in the long tail; the backoff cadence while
+    /// the kind has too few ends to learn from.
+    Learned,
+}
+
+impl Policy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Backoff => "backoff",
+            Policy::Learned => "learned",
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct Cadence {
@@ -14,6 +37,10 @@ pub struct Cadence {
     pub jitter: f64,
     pub error_base: Duration,
     pub error_max: Duration,
+    pub policy: Policy,
+    /// The learned cadence's price of a poll, in seconds of expected detection
+    /// delay it must save (`poller.poll_price`).
+    pub price: Duration,
 }
 
 impl Cadence {
@@ -67,6 +94,8 @@ mod tests {
             jitter: 0.2,
             error_base: Duration::from_secs(1),
             error_max: Duration::from_secs(300),
+            policy: Policy::Backoff,
+            price: Duration::from_secs(1),
         }
     }
 

@@ -8,6 +8,7 @@
 pub mod budget;
 pub mod cadence;
 pub mod replicas;
+pub mod history;
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -24,7 +25,8 @@ use crate::store::{now_ms, DynStore, Millis, WatchRecord, WatchUpdate};
 use crate::upstream::{PollAnswer, UpstreamClient};
 use crate::webhook::Routes;
 use budget::Budget;
-use cadence::Cadence;
+use cadence::{Cadence, Policy};
+use history::History;
 
 /// Steps that claimed less than they could are at least this far apart: at 10,000
 /// watches one falls due every few hundred microseconds, and a step for each (a
@@ -42,6 +44,9 @@ pub struct Poller {
     /// every kind: a deadline holds also while an upstream is paused).
     deadlines: bool,
     cadence: Cadence,
+    /// How long jobs of each kind took: the learned cadence reads it, every end
+    /// decided here adds to it.
+    history: Arc<History>,
     not_found_grace: Duration,
     routes: Routes,
     writer: Writer,
@@ -94,6 +99,7 @@ impl Poller {
         signals: Arc<Signals>,
         shutdown: CancellationToken,
         deadlines: bool,
+        history: Arc<History>,
     ) -> Poller {
         let p = &settings.poller;
         let u = &upstream.settings;
@@ -110,7 +116,10 @@ impl Poller {
                 jitter: p.jitter,
                 error_base: u.error_backoff_base,
                 error_max: u.error_backoff_max,
+                policy: p.cadence,
+                price: p.poll_price,
             },
+            history,
             not_found_grace: p.not_found_grace,
             routes: Routes::new(&settings.webhooks),
             writer,
@@ -314,6 +323,7 @@ impl Poller {
             answer,
             now_ms(),
             &self.cadence,
+            Some(&self.history),
             self.not_found_grace,
             &mut rand::rng(),
         );
@@ -323,6 +333,9 @@ impl Poller {
                 self.signals.state_changed(before.as_deref(), &record);
             }
         }
+        // Every end counts, whatever the policy: the history is ready when the
+        // learned cadence is switched on.
+        self.history.record(&record);
         let event = self.routes.event_for(&record);
         self.writer
             .send(Write::Watch(WatchUpdate { record, event }))
@@ -399,12 +412,14 @@ impl Poller {
 /// 429 and 401/403 never reach here: they are about the upstream, not the watch.
 /// Both are taken by value: what the answer says moves into the watch, and
 /// nothing of either is copied (a poll's copies were a good part of its
-/// allocations).
+/// allocations). With the learned cadence, a watch that keeps running is next
+/// polled when `history` says (the backoff cadence while it knows too little).
 pub fn decide(
     mut n: WatchRecord,
     answer: PollAnswer,
     now: Millis,
     cadence: &Cadence,
+    history: Option<&History>,
     not_found_grace: Duration,
     rng: &mut impl rand::Rng,
 ) -> WatchRecord {
@@ -450,7 +465,15 @@ pub fn decide(
                 Verdict::Succeeded => end(&mut n, Outcome::Succeeded),
                 Verdict::Failed => end(&mut n, Outcome::Failed),
                 Verdict::Running | Verdict::Unknown => {
-                    schedule(&mut n, cadence.next_interval(previous, changed), rng)
+                    let learned = match (cadence.policy, history) {
+                        (Policy::Learned, Some(h)) => {
+                            h.interval(&n, now, cadence.price, cadence.initial, cadence.max)
+                        }
+                        _ => None,
+                    };
+                    let interval =
+                        learned.unwrap_or_else(|| cadence.next_interval(previous, changed));
+                    schedule(&mut n, interval, rng)
                 }
             }
         }
@@ -504,6 +527,8 @@ mod tests {
             jitter: 0.0,
             error_base: Duration::from_secs(1),
             error_max: Duration::from_secs(60),
+            policy: Policy::Backoff,
+            price: Duration::from_secs(1),
         }
     }
 
@@ -528,6 +553,7 @@ mod tests {
             a.clone(),
             now,
             &cadence(),
+            None,
             Duration::from_secs(10),
             &mut StdRng::seed_from_u64(0),
         )
@@ -568,6 +594,45 @@ mod tests {
         assert_eq!(nexts, vec![4000, 8000, 16000]);
         w = run(&w, &status("PENDING", serde_json::json!([])), 30000);
         assert_eq!(w.next_poll_at, Some(32000));
+    }
+
+    #[test]
+    fn the_learned_cadence_follows_the_history_and_falls_back_to_backoff() {
+        let learned = Cadence {
+            policy: Policy::Learned,
+            ..cadence()
+        };
+        let history = History::new(None, 50);
+        let poll = |w: &WatchRecord, now: Millis, cadence: &Cadence| {
+            let n = decide(
+                w.clone(),
+                status("RUNNING", serde_json::json!([])),
+                now,
+                cadence,
+                Some(&history),
+                Duration::from_secs(10),
+                &mut StdRng::seed_from_u64(0),
+            );
+            n.next_poll_at.map(|at| at - now)
+        };
+        // Nothing learned yet: the backoff cadence.
+        assert_eq!(poll(&watch(), 0, &learned), Some(2_000));
+        // Jobs of this kind take about ten minutes.
+        for i in 0..100 {
+            history.record(&WatchRecord {
+                outcome: Some(Outcome::Succeeded),
+                outcome_at: Some(600_000 + i * 300),
+                next_poll_at: None,
+                ..watch()
+            });
+        }
+        // A fresh job will not end for minutes: the longest interval.
+        assert_eq!(poll(&watch(), 1_000, &learned), Some(60_000));
+        // Near ten minutes of age ends are likely: polled more often.
+        let near = poll(&watch(), 590_000, &learned).expect("running");
+        assert!((2_000..30_000).contains(&near), "{near}");
+        // The backoff policy ignores the history.
+        assert_eq!(poll(&watch(), 590_000, &cadence()), Some(2_000));
     }
 
     #[test]

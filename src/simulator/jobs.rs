@@ -15,6 +15,7 @@ use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
+use super::durations::{per_kind, Distribution};
 use super::shapes::Shape;
 use super::SimulateArgs;
 
@@ -296,6 +297,8 @@ pub(crate) struct JobModel {
     seed: u64,
     min_running: Duration,
     max_running: Duration,
+    /// The running-time distribution of copy and delete jobs (`--durations`).
+    durations: [Distribution; 2],
     not_yet_for: Duration,
     mix: OutcomeMix,
     not_found: HashSet<String>,
@@ -314,6 +317,7 @@ impl JobModel {
             seed: args.seed,
             min_running,
             max_running,
+            durations: per_kind(&args.durations),
             not_yet_for: args.not_yet_for,
             mix: args.mix.clone(),
             not_found: args.not_found_ids.iter().cloned().collect(),
@@ -323,7 +327,7 @@ impl JobModel {
 
     pub(crate) fn profile(&self, kind: Kind, id: &str) -> Profile<'_> {
         let h = stable_hash(self.seed, kind, id);
-        let running = self.running_time(splitmix64(h ^ 0x5255_4e4e_494e_4700));
+        let running = self.running_time(kind, splitmix64(h ^ 0x5255_4e4e_494e_4700));
         let mut visible_after = Duration::ZERO;
         let fate = if self.not_found.contains(id) {
             Fate::NotFound
@@ -381,12 +385,9 @@ impl JobModel {
         }
     }
 
-    /// Uniform in `[min_running, max_running]`.
-    fn running_time(&self, draw: u64) -> Duration {
-        let span = self.max_running - self.min_running;
-        // The top 53 bits make a uniform f64 in [0, 1).
-        let unit = (draw >> 11) as f64 / (1u64 << 53) as f64;
-        self.min_running + span.mul_f64(unit)
+    /// From the kind's `--durations` (uniform in `[min_running, max_running]` by default).
+    fn running_time(&self, kind: Kind, draw: u64) -> Duration {
+        self.durations[kind.index()].draw(draw, (self.min_running, self.max_running))
     }
 }
 
@@ -412,7 +413,7 @@ fn fnv1a(mut h: u64, bytes: &[u8]) -> u64 {
     h
 }
 
-fn splitmix64(mut z: u64) -> u64 {
+pub(crate) fn splitmix64(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);

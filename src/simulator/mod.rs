@@ -14,9 +14,10 @@
 //! error bodies, `http` the connections, the order of the checks and the Vector job-creating
 //! routes.
 
+pub mod durations;
 mod faults;
 mod http;
-mod jobs;
+pub(crate) mod jobs;
 mod shapes;
 #[cfg(test)]
 mod tests;
@@ -29,6 +30,7 @@ use std::time::{Duration, SystemTime};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
+pub use durations::{Distribution, DurationsArg};
 pub use faults::{LoggedRequest, RetryAfterForm};
 pub use jobs::{MixEntry, OutcomeMix, ParseMixError};
 pub use shapes::Shape;
@@ -61,13 +63,21 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 
-    /// Shortest running time of a job (drawn uniformly in [min-running, max-running]).
+    /// Shortest running time of a job (drawn uniformly in [min-running, max-running] unless
+    /// `--durations` names another distribution).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub min_running: Duration,
 
     /// Longest running time of a job.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub max_running: Duration,
+
+    /// How running times are drawn, per kind: `[KIND=]SPEC`, repeatable. SPEC is
+    /// `uniform` (in [min-running, max-running], the default) or `uniform:MIN,MAX`,
+    /// `lognormal:MEDIAN,SIGMA`, `bimodal:FIRST,SECOND,SHARE[,SIGMA]` or
+    /// `pareto:SCALE,ALPHA`; without `KIND=` it is every kind's that has none of its own.
+    #[arg(long = "durations", value_name = "[KIND=]SPEC")]
+    pub durations: Vec<DurationsArg>,
 
     /// Final states of ids without a behaviour prefix, as `STATE[+errors]=weight,...`.
     #[arg(

@@ -116,6 +116,9 @@ fn the_command_line_parses_every_knob() {
         "--min-running=1s",
         "--max-running=2m",
         "--mix=SUCCESS=1,FAILED+errors=1",
+        "--durations=copy=lognormal:2m,1",
+        "--durations",
+        "pareto:1s,2",
         "--not-found-ids=a,b",
         "--bad-request-ids=c",
         "--token=t",
@@ -131,6 +134,14 @@ fn the_command_line_parses_every_knob() {
     ])
     .unwrap();
     assert_eq!(cli.args.not_found_ids, ["a", "b"]);
+    assert_eq!(
+        cli.args
+            .durations
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["copy=lognormal:2m,1", "pareto:1s,2"]
+    );
     assert_eq!(cli.args.max_running, Duration::from_secs(120));
     assert_eq!(cli.args.retry_after_form, RetryAfterForm::HttpDate);
     for bad in [
@@ -138,6 +149,7 @@ fn the_command_line_parses_every_knob() {
         "--rate-limit=0",
         "--rate-burst=0",
         "--mix=SUCCESS",
+        "--durations=lognormal:2m",
     ] {
         assert!(
             <Cli as clap::Parser>::try_parse_from(["simulate", bad]).is_err(),

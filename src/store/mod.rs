@@ -321,6 +321,17 @@ pub struct EventFilter {
     pub kinds: Option<Vec<Kind>>,
 }
 
+/// What the learned cadence knows of one kind's durations (or of one group of a
+/// kind: the values of the metadata key `poller.learn_by`), in the stored form
+/// of `poller::history::Summary`. The store keeps the bytes; it does not read them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredDurations {
+    pub kind: Kind,
+    /// `""` for the kind's own summary.
+    pub group: String,
+    pub summary: Vec<u8>,
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Counts {
     /// (state or null, number) of running watches.
@@ -434,6 +445,10 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<StreamedEvent>>;
 
     async fn counts(&self, now: Millis) -> Result<Counts>;
+    /// Every stored duration summary (read once, at start).
+    async fn load_durations(&self) -> Result<Vec<StoredDurations>>;
+    /// Store these summaries, each replacing the one of its kind and group.
+    async fn save_durations(&self, rows: &[StoredDurations], now: Millis) -> Result<()>;
     /// Delete up to `limit` watches that ended before `before`, with their events,
     /// deliveries and attempts, unless a delivery of theirs is still pending.
     async fn prune(&self, before: Millis, limit: u32) -> Result<u64>;

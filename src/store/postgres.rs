@@ -603,6 +603,35 @@ impl Store for PgStore {
         })
     }
 
+    async fn load_durations(&self) -> Result<Vec<StoredDurations>> {
+        let rows: Vec<(String, String, Vec<u8>)> =
+            sqlx::query_as("SELECT kind, grp, summary FROM durations ORDER BY kind, grp")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows::stored_durations(rows))
+    }
+
+    async fn save_durations(&self, rows: &[StoredDurations], now: Millis) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for r in rows {
+            sqlx::query(
+                "INSERT INTO durations (kind, grp, summary, updated_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (kind, grp) DO UPDATE SET summary = excluded.summary, updated_at = excluded.updated_at",
+            )
+            .bind(r.kind.as_str())
+            .bind(&r.group)
+            .bind(&r.summary)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn prune(&self, before: Millis, limit: u32) -> Result<u64> {
         Ok(sqlx::query(
             "DELETE FROM watches WHERE wid IN (

@@ -177,6 +177,24 @@ pub fn json_text(v: &Option<serde_json::Value>) -> Option<String> {
     v.as_ref().map(|v| v.to_string())
 }
 
+/// Stored duration summaries as read, without those of a kind whose name no
+/// longer reads (a summary is a statistic: it is learned again, not an error).
+pub fn stored_durations(rows: Vec<(String, String, Vec<u8>)>) -> Vec<StoredDurations> {
+    rows.into_iter()
+        .filter_map(|(kind, group, summary)| match kind.parse::<Kind>() {
+            Ok(kind) => Some(StoredDurations {
+                kind,
+                group,
+                summary,
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "skipping a stored duration summary");
+                None
+            }
+        })
+        .collect()
+}
+
 pub fn new_webhook_id() -> String {
     format!("msg_{}", ulid::Ulid::new())
 }

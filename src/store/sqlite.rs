@@ -15,8 +15,8 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Connection, FromRow, QueryBuilder, Row, Sqlite, SqlitePool};
 
 use super::rows::{
-    json_text, new_webhook_id, AttemptRow, DeliveryRow, WatchRow, DELIVERY_COLS, WATCHES_AS_JSON,
-    WATCH_COLS,
+    json_text, new_webhook_id, stored_durations, AttemptRow, DeliveryRow, WatchRow, DELIVERY_COLS,
+    WATCHES_AS_JSON, WATCH_COLS,
 };
 use super::schedule::{Lane, Schedule, Unwritten};
 use super::*;
@@ -1299,6 +1299,36 @@ impl Store for SqliteStore {
                 .transpose()?,
             deliveries_by_status,
         })
+    }
+
+    async fn load_durations(&self) -> Result<Vec<StoredDurations>> {
+        let rows: Vec<(String, String, Vec<u8>)> =
+            sqlx::query_as("SELECT kind, grp, summary FROM durations ORDER BY kind, grp")
+                .fetch_all(&self.reader)
+                .await?;
+        Ok(stored_durations(rows))
+    }
+
+    async fn save_durations(&self, rows: &[StoredDurations], now: Millis) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        // A handful of rows (a kind and its groups): one statement each, one commit.
+        let mut tx = self.writer.begin().await?;
+        for r in rows {
+            sqlx::query(
+                "INSERT INTO durations (kind, grp, summary, updated_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (kind, grp) DO UPDATE SET summary = excluded.summary, updated_at = excluded.updated_at",
+            )
+            .bind(r.kind.as_str())
+            .bind(&r.group)
+            .bind(&r.summary)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn prune(&self, before: Millis, limit: u32) -> Result<u64> {

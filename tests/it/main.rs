@@ -7,6 +7,7 @@ mod receiver;
 mod replicas;
 
 mod bench;
+mod cadence;
 mod cli;
 mod core;
 mod crash;

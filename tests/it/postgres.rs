@@ -166,3 +166,29 @@ async fn two_replicas_share_the_work_and_never_poll_a_job_at_the_same_time() {
     b.stop().await;
     drop_schema(&name).await;
 }
+
+/// The learned cadence's summaries: stored, replaced by kind and group, read back.
+#[tokio::test]
+async fn duration_summaries_are_stored_and_read_back_on_postgresql() {
+    use jobwatch::model::Kind;
+    use jobwatch::store::{Store, StoredDurations};
+    let (url, name) = schema().await;
+    let store = jobwatch::store::postgres::PgStore::open(&url)
+        .await
+        .expect("the store opens");
+    assert!(store.load_durations().await.unwrap().is_empty());
+    let row = |group: &str, byte: u8| StoredDurations {
+        kind: Kind::COPY,
+        group: group.to_string(),
+        summary: vec![byte; 585],
+    };
+    store
+        .save_durations(&[row("", 1), row("large", 2)], 1_000)
+        .await
+        .unwrap();
+    store.save_durations(&[row("", 3)], 2_000).await.unwrap();
+    let loaded = store.load_durations().await.unwrap();
+    assert_eq!(loaded, vec![row("", 3), row("large", 2)]);
+    store.close().await;
+    drop_schema(&name).await;
+}
