@@ -7,8 +7,8 @@
 
 pub mod budget;
 pub mod cadence;
-pub mod replicas;
 pub mod history;
+pub mod replicas;
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
