@@ -303,6 +303,7 @@ impl Poller {
                 tracing::warn!(upstream = self.client.name(), kind = %w.kind, id = %w.job_id, state = ?status.state, "upstream reports a state its kind's table does not name; still watching");
             }
         }
+        let previous = w.last_poll_at;
         let record = decide(
             w,
             answer,
@@ -312,9 +313,9 @@ impl Poller {
             self.not_found_grace,
             &mut rand::rng(),
         );
-        // Every end counts, whatever the policy: the history is ready when the
+        // Every poll counts, whatever the policy: the history is ready when the
         // learned cadence is switched on.
-        self.history.record(&record);
+        self.history.observe(&record, previous);
         let event = self.routes.event_for(&record);
         self.writer
             .send(Write::Watch(WatchUpdate { record, event }))
@@ -598,12 +599,15 @@ mod tests {
         assert_eq!(poll(&watch(), 0, &learned), Some(2_000));
         // Jobs of this kind take about ten minutes.
         for i in 0..100 {
-            history.record(&WatchRecord {
-                outcome: Some(Outcome::Succeeded),
-                outcome_at: Some(600_000 + i * 300),
-                next_poll_at: None,
-                ..watch()
-            });
+            history.observe(
+                &WatchRecord {
+                    outcome: Some(Outcome::Succeeded),
+                    outcome_at: Some(600_000 + i * 300),
+                    next_poll_at: None,
+                    ..watch()
+                },
+                None,
+            );
         }
         // A fresh job will not end for minutes: the longest interval.
         assert_eq!(poll(&watch(), 1_000, &learned), Some(60_000));
