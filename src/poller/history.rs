@@ -11,7 +11,7 @@
 //! estimate. Counting the exposure of jobs still running, not only the durations
 //! of those that ended, matters: a batch posted at once ends shortest first, and
 //! from its ends alone the jobs still running would look about to end (a
-//! survivor bias the cadence study showed as 40% more polls for a batch).
+//! survivor bias that cost a batch 40% more polls in the cadence study).
 //!
 //! Every poll adds its stretch of exposure and every end its end, weighed by age
 //! ([`HALF_LIFE`]), so a summary is about a kilobyte whatever the number of jobs
