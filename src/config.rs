@@ -696,6 +696,40 @@ mod tests {
     }
 
     #[test]
+    fn the_cadence_settings_are_checked_and_name_themselves() {
+        let s = Settings::load_with(None, &[]).unwrap();
+        assert_eq!(s.poller.cadence, crate::poller::cadence::Policy::Backoff);
+        assert_eq!(s.poller.poll_price, Duration::from_secs(1));
+        assert_eq!(s.poller.learn_after, 50);
+        assert_eq!(s.poller.learn_by, None);
+        let s = Settings::load_with(
+            None,
+            &[("poller.cadence", "learned"), ("poller.learn_by", "model")],
+        )
+        .unwrap();
+        assert_eq!(s.poller.cadence, crate::poller::cadence::Policy::Learned);
+        assert_eq!(s.poller.learn_by.as_deref(), Some("model"));
+        assert_eq!(
+            Settings::load_with(None, &[("poller.learn_by", " ")])
+                .unwrap()
+                .poller
+                .learn_by,
+            None,
+            "an empty key is none"
+        );
+        for (key, value) in [
+            ("poller.cadence", "lerned"),
+            ("poller.poll_price", "0s"),
+            ("poller.learn_after", "0"),
+        ] {
+            let err = Settings::load_with(None, &[(key, value)])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(key), "{key} = {value}: {err}");
+        }
+    }
+
+    #[test]
     fn an_unknown_key_is_refused() {
         let err = Settings::load_with(None, &[("poller.initial_intervl", "1s")])
             .unwrap_err()

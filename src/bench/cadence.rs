@@ -320,8 +320,9 @@ fn simulate(
         let first_seen = *seen[i].get_or_insert(t);
         let Some(w) = records[i].take() else { continue };
         let a = answer(model, &ids[i], first_seen, t);
+        let previous = w.last_poll_at;
         let next = decide(w, a, t, cadence, Some(history), grace, &mut rng);
-        history.record(&next);
+        history.observe(&next, previous);
         if next.outcome.is_some() {
             let end = model
                 .profile(crate::simulator::jobs::Kind::Copy, &ids[i])

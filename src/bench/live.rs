@@ -135,7 +135,8 @@ async fn post(
 ) -> anyhow::Result<()> {
     let step = Duration::from_millis(50);
     let chunks = ((window.as_secs_f64() / step.as_secs_f64()).ceil() as usize).max(1);
-    let per = ids.len().div_ceil(chunks).max(1);
+    // At most the API's default ids per request, whatever the window.
+    let per = ids.len().div_ceil(chunks).clamp(1, 10_000);
     let started = tokio::time::Instant::now();
     for (k, chunk) in ids.chunks(per).enumerate() {
         tokio::time::sleep_until(started + step * k as u32).await;

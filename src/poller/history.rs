@@ -2,21 +2,27 @@
 //! follows from it.
 //!
 //! Per kind (and per value of the metadata key `poller.learn_by`, when one is
-//! named) a [`Summary`] holds two small histograms of the durations of jobs that
-//! ended (succeeded or failed): from the watch's start to its outcome as jobwatch
-//! saw it, and from the upstream's own `created` (else `started`) to its `ended`
-//! where the kind reports them. Each is [`BINS`] log-spaced bins of decaying
-//! weight: about 280 bytes, whatever the number of jobs, and it follows a change
-//! of the upstream within a few hundred ends ([`HALF_LIFE`]). The summaries live
-//! in memory, are updated when an outcome is decided, and reach the store at
-//! checkpoints and at shutdown (a statistic: an end lost to `kill -9` costs
-//! nothing that was acknowledged).
+//! named) a [`Summary`] holds two small tables of how jobs ended by age: on
+//! jobwatch's clock (from the watch's start to the outcome it decided) and on the
+//! upstream's (from its `created`, else `started`, to its `ended`) where the kind
+//! reports those. Each table has [`BINS`] log-spaced age bins, and for each the
+//! ends seen at that age and the time jobs were watched running at that age (the
+//! exposure): the hazard of a bin is ends / exposure, the piecewise-exponential
+//! estimate. Counting the exposure of jobs still running, not only the durations
+//! of those that ended, matters: a batch posted at once ends shortest first, and
+//! from its ends alone the jobs still running would look about to end (a
+//! survivor bias that cost a batch 40% more polls in the cadence study).
 //!
-//! From a histogram comes a survival curve S(t) and a hazard h(t), piecewise
-//! constant per bin, and from those the next poll of a running job
-//! ([`Curve::interval`]): polls spaced by Keller's optimal checking density
-//! `n(t) = sqrt(h(t) / 2c)`, where `c` is the price of a poll in seconds of
-//! detection delay (`poller.poll_price`). docs/cadence.md has the derivation.
+//! Every poll adds its stretch of exposure and every end its end, weighed by age
+//! ([`HALF_LIFE`]), so a summary is about a kilobyte whatever the number of jobs
+//! and follows an upstream that changed. The summaries live in memory and reach
+//! the store at checkpoints and at shutdown: a statistic, so what `kill -9`
+//! loses since the last checkpoint costs nothing that was acknowledged.
+//!
+//! From a table comes the next poll of a running job ([`Curve::interval`]): polls
+//! spaced by Keller's optimal checking density `n(t) = sqrt(h(t) / 2c)`, where `c`
+//! is the price of a poll in seconds of detection delay (`poller.poll_price`).
+//! docs/cadence.md has the derivation.
 
 use std::collections::HashMap;
 use std::sync::RwLock;
@@ -25,119 +31,174 @@ use std::time::Duration;
 use crate::model::{Kind, Outcome};
 use crate::store::{Millis, StoredDurations, WatchRecord};
 
-/// Bins per histogram: ten per decade from [`FLOOR_SECS`] to a million seconds
-/// (11.6 days); shorter durations count in the first bin, longer in the last.
+/// Age bins per table: the first from 0 to 0.126 s, then ten per decade up to a
+/// million seconds (11.6 days); the last takes every older age.
 pub const BINS: usize = 70;
 const PER_DECADE: f64 = 10.0;
 const FLOOR_SECS: f64 = 0.1;
-/// An end's weight halves every day: a summary follows an upstream that changed
-/// within a day or two, and a batch of jobs posted at once weighs alike whether
-/// it ended first (the short ones) or last (decay by count of ends would make
-/// the last ends of a batch, its longest jobs, outweigh the first).
+/// What an observation weighs halves every day: a summary follows an upstream
+/// that changed within a day or two. By time, not by number of ends: a batch
+/// posted at once ends shortest first, and a decay by count would weigh its
+/// last (longest) jobs more than its first.
 pub const HALF_LIFE: Duration = Duration::from_secs(86_400);
-/// A pseudo-end beyond the last bin: the last bin with ends in it has a finite
-/// hazard (no ends seen later is not "certain to end by then"), and past every
-/// end seen the hazard is 0, so the cadence there is the longest one.
-const TAIL_PRIOR: f64 = 1.0;
 /// Values of the `poller.learn_by` key with a summary of their own, per kind;
-/// ends of further values count for the kind only. Keeps memory and the table
-/// bounded whatever clients put in their metadata.
+/// further values count for the kind only. Keeps memory and the table bounded
+/// whatever clients put in their metadata.
 pub const MAX_GROUPS: usize = 64;
 /// A group value longer than this is cut (it is a name, not a payload).
 const GROUP_VALUE_MAX: usize = 64;
 /// Version byte of the stored form.
 const FORMAT: u8 = 1;
-/// Bytes of the stored form.
-pub const STORED_LEN: usize = 1 + 2 * (4 + 8 + 4 * BINS);
+/// Bytes of one table stored: its end count, its time, ends and exposure per bin.
+const TABLE_LEN: usize = 4 + 8 + 2 * 4 * BINS;
+/// Bytes of the stored form (1,145).
+pub const STORED_LEN: usize = 1 + 2 * TABLE_LEN;
+/// Weights are rescaled to the latest observation once it is this much later
+/// than the last rescale (ms).
+const RESCALE_AFTER: Millis = 3_600_000;
+/// Exposure-only updates between two recomputations of a curve (an end always
+/// recomputes): a curve a few dozen polls stale is as good, and recomputing at
+/// every poll would cost every poll a few hundred nanoseconds.
+const RECOMPUTE_EVERY: u32 = 64;
 
-/// Seconds at the lower edge of bin `j` (`j = BINS` is the upper edge of the last).
+/// The bin edges, computed once: every poll looks a few up.
+static EDGES: std::sync::LazyLock<[f64; BINS + 1]> = std::sync::LazyLock::new(|| {
+    let mut e = [0.0; BINS + 1];
+    for (j, v) in e.iter_mut().enumerate().skip(1) {
+        *v = FLOOR_SECS * 10f64.powf(j as f64 / PER_DECADE);
+    }
+    e
+});
+
+/// Seconds at the lower edge of bin `j` (`j = BINS` is the upper edge of the last;
+/// bin 0 starts at 0).
 fn edge(j: usize) -> f64 {
-    FLOOR_SECS * 10f64.powf(j as f64 / PER_DECADE)
+    EDGES[j.min(BINS)]
 }
 
-/// What an end of `age_ms` ago weighs now.
+/// The bin of age `t` seconds.
+fn bin(t: f64) -> usize {
+    if t < edge(1) {
+        return 0;
+    }
+    let j = ((t / FLOOR_SECS).log10() * PER_DECADE).floor().max(0.0) as usize;
+    // The float may land a hair either side of an edge.
+    let j = j.clamp(1, BINS - 1);
+    if t < edge(j) {
+        j - 1
+    } else if j + 1 < BINS && t >= edge(j + 1) {
+        j + 1
+    } else {
+        j
+    }
+}
+
+/// What an observation of `age_ms` ago weighs now.
 fn decayed(age_ms: Millis) -> f64 {
-    (0.5f64).powf(age_ms.max(0) as f64 / HALF_LIFE.as_millis() as f64)
+    (0.5f64).powf(age_ms as f64 / HALF_LIFE.as_millis() as f64)
 }
 
-/// A decaying, log-spaced histogram of durations.
+/// Ends and exposure by age, decaying with time.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Histogram {
-    weights: [f64; BINS],
+pub struct Table {
+    /// Ends seen at an age in each bin (decayed).
+    ends: [f64; BINS],
+    /// Seconds jobs were watched running at an age in each bin (decayed).
+    exposure: [f64; BINS],
     /// Ends counted, undecayed (for status; saturating).
-    ends: u32,
-    /// The time the weights are decayed to: the latest end's.
+    count: u32,
+    /// The time the weights are decayed to (at most an hour before the latest
+    /// observation).
     as_of: Millis,
 }
 
-impl Default for Histogram {
+impl Default for Table {
     fn default() -> Self {
-        Histogram {
-            weights: [0.0; BINS],
-            ends: 0,
+        Table {
+            ends: [0.0; BINS],
+            exposure: [0.0; BINS],
+            count: 0,
             as_of: 0,
         }
     }
 }
 
-impl Histogram {
-    /// Count one duration, of a job that ended at `at`. What was counted before
-    /// decays to `at`; the new one is split between the two bins whose centres
-    /// it falls between (linear binning: a duration near a bin edge makes no step
-    /// in the curve).
-    pub fn add(&mut self, d: Duration, at: Millis) {
-        let weight = if at > self.as_of {
+impl Table {
+    /// The weight of an observation made at `at`, relative to `as_of`. The
+    /// weights are rescaled to a later `as_of` only once an hour has passed: a
+    /// poll adds to a bin or two, and rescaling all of them at every poll would
+    /// cost each poll a hundred and forty multiplications. So a weight can be a
+    /// few percent above one: only ratios of weights (hazards) and the threshold
+    /// `learn_after` read them.
+    fn weigh(&mut self, at: Millis) -> f64 {
+        if at - self.as_of > RESCALE_AFTER {
             let k = decayed(at - self.as_of);
-            for w in &mut self.weights {
+            for w in self.ends.iter_mut().chain(self.exposure.iter_mut()) {
                 *w *= k;
             }
             self.as_of = at;
-            1.0
-        } else {
-            // An end decided out of order (or a clock that went back): weighed by its age.
-            decayed(self.as_of - at)
-        };
-        let secs = d.as_secs_f64().max(FLOOR_SECS);
-        // Position in bins, centres at i + 0.5.
-        let x = ((secs / FLOOR_SECS).log10() * PER_DECADE - 0.5).clamp(0.0, (BINS - 1) as f64);
-        let lo = x.floor() as usize;
-        let frac = x - lo as f64;
-        self.weights[lo] += weight * (1.0 - frac);
-        if lo + 1 < BINS {
-            self.weights[lo + 1] += weight * frac;
-        } else {
-            self.weights[lo] += weight * frac;
         }
-        self.ends = self.ends.saturating_add(1);
+        // Newer than `as_of` weighs more, older less.
+        (2f64).powf((at - self.as_of) as f64 / HALF_LIFE.as_millis() as f64)
     }
 
-    /// The decayed number of ends it holds, as of its latest end.
+    /// A job was watched running from age `from` to age `to` (seconds), observed at `at`.
+    pub fn running(&mut self, from: f64, to: f64, at: Millis) {
+        let (from, to) = (from.max(0.0), to.max(0.0));
+        if to <= from {
+            return;
+        }
+        let w = self.weigh(at);
+        let (first, last) = (bin(from), bin(to));
+        for j in first..=last {
+            let lo = edge(j).max(from);
+            let hi = if j + 1 < BINS {
+                edge(j + 1).min(to)
+            } else {
+                to
+            };
+            if hi > lo {
+                self.exposure[j] += w * (hi - lo);
+            }
+        }
+    }
+
+    /// A job watched from age `from` ended at age `end` (seconds), observed at `at`.
+    pub fn ended(&mut self, from: f64, end: f64, at: Millis) {
+        self.running(from, end, at);
+        let w = self.weigh(at);
+        self.ends[bin(end.max(0.0))] += w;
+        self.count = self.count.saturating_add(1);
+    }
+
+    /// The decayed number of ends it holds (as of within an hour of its latest
+    /// observation).
     pub fn weight(&self) -> f64 {
-        self.weights.iter().sum()
+        self.ends.iter().sum()
     }
 
     pub fn ends(&self) -> u32 {
-        self.ends
+        self.count
     }
 
     fn write(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.ends.to_le_bytes());
+        out.extend_from_slice(&self.count.to_le_bytes());
         out.extend_from_slice(&self.as_of.to_le_bytes());
-        for w in &self.weights {
-            // Four bytes a bin: a statistic needs no more than f32's seven digits.
+        for w in self.ends.iter().chain(self.exposure.iter()) {
+            // Four bytes a number: a statistic needs no more than f32's seven digits.
             out.extend_from_slice(&(*w as f32).to_le_bytes());
         }
     }
 
-    fn read(bytes: &[u8]) -> Option<(Histogram, &[u8])> {
-        let (ends, rest) = bytes.split_first_chunk::<4>()?;
+    fn read(bytes: &[u8]) -> Option<(Table, &[u8])> {
+        let (count, rest) = bytes.split_first_chunk::<4>()?;
         let (as_of, mut rest) = rest.split_first_chunk::<8>()?;
-        let mut h = Histogram {
-            ends: u32::from_le_bytes(*ends),
+        let mut t = Table {
+            count: u32::from_le_bytes(*count),
             as_of: i64::from_le_bytes(*as_of),
-            ..Histogram::default()
+            ..Table::default()
         };
-        for w in &mut h.weights {
+        for w in t.ends.iter_mut().chain(t.exposure.iter_mut()) {
             let (b, r) = rest.split_first_chunk::<4>()?;
             let v = f32::from_le_bytes(*b);
             // Stored by us, but a file is outside data all the same.
@@ -147,23 +208,21 @@ impl Histogram {
             *w = f64::from(v);
             rest = r;
         }
-        Some((h, rest))
+        Some((t, rest))
     }
 
-    /// The survival curve and the cadence's cumulative density of this histogram.
+    /// The hazard and the cadence's cumulative density of this table.
     pub fn curve(&self) -> Curve {
         Curve::of(self)
     }
 }
 
-/// S(t) and Λ(t) = ∫ sqrt(h) at the bin edges of a histogram, smoothed: the
-/// weights go through a [1, 2, 1] / 4 kernel first, so that a few hundred ends
-/// give a usable hazard (an empty bin between two full ones would otherwise read
-/// as "nothing ends here" and skip polls over it).
+/// The hazard per bin and Λ(t) = ∫ sqrt(h) at the bin edges. Ends and exposure
+/// go through a [1, 2, 1] / 4 kernel first, so that a few dozen ends give a
+/// usable hazard (an empty bin between two full ones would otherwise read as
+/// "nothing ends here" and skip polls over it).
 #[derive(Debug, Clone)]
 pub struct Curve {
-    /// S at each edge; `survival[0] = 1`.
-    survival: [f64; BINS + 1],
     /// sqrt of the hazard within each bin (per second, square-rooted).
     root_hazard: [f64; BINS],
     /// Λ at each edge.
@@ -171,92 +230,67 @@ pub struct Curve {
 }
 
 impl Curve {
-    fn of(h: &Histogram) -> Curve {
-        let w = &h.weights;
-        // Reflecting ends: the kernel keeps the total weight.
-        let at = |i: isize| w[i.clamp(0, BINS as isize - 1) as usize];
-        let smooth: Vec<f64> = (0..BINS as isize)
-            .map(|i| (at(i - 1) + 2.0 * at(i) + at(i + 1)) / 4.0)
-            .collect();
-        let total = smooth.iter().sum::<f64>() + TAIL_PRIOR;
-        let mut survival = [0.0; BINS + 1];
-        let mut above = TAIL_PRIOR;
-        survival[BINS] = above / total;
-        for j in (0..BINS).rev() {
-            above += smooth[j];
-            survival[j] = above / total;
-        }
+    fn of(t: &Table) -> Curve {
+        // Reflecting ends: the kernel keeps the totals.
+        let smooth = |v: &[f64; BINS], i: usize| {
+            let at = |k: isize| v[k.clamp(0, BINS as isize - 1) as usize];
+            let i = i as isize;
+            (at(i - 1) + 2.0 * at(i) + at(i + 1)) / 4.0
+        };
         let mut root_hazard = [0.0; BINS];
         let mut lambda = [0.0; BINS + 1];
         for j in 0..BINS {
-            let width = edge(j + 1) - edge(j);
-            // Constant hazard within a bin: S falls by exp(-h * width) across it.
-            let h = (survival[j] / survival[j + 1]).ln().max(0.0) / width;
+            let (ends, exposure) = (smooth(&t.ends, j), smooth(&t.exposure, j));
+            let h = if exposure > 0.0 { ends / exposure } else { 0.0 };
             root_hazard[j] = h.sqrt();
-            lambda[j + 1] = lambda[j] + root_hazard[j] * width;
+            lambda[j + 1] = lambda[j] + root_hazard[j] * (edge(j + 1) - edge(j));
         }
         Curve {
-            survival,
             root_hazard,
             lambda,
         }
     }
 
-    /// The bin of `t` seconds (`None` past the last edge), and the lower edge.
-    fn bin(t: f64) -> Option<(usize, f64)> {
-        if t < FLOOR_SECS {
-            return Some((0, FLOOR_SECS));
-        }
-        let j = ((t / FLOOR_SECS).log10() * PER_DECADE).floor() as usize;
-        // The float may land a hair either side of an edge.
-        let j = match j {
-            j if j >= BINS => return None,
-            j if t < edge(j) => j.saturating_sub(1),
-            j if j + 1 < BINS && t >= edge(j + 1) => j + 1,
-            j => j,
-        };
-        Some((j, edge(j)))
-    }
-
-    /// The share of jobs still running at age `t` seconds.
-    pub fn survival(&self, t: f64) -> f64 {
-        match Curve::bin(t) {
-            None => self.survival[BINS],
-            Some((j, lo)) => {
-                let h = self.root_hazard[j].powi(2);
-                self.survival[j] * (-h * (t - lo).max(0.0)).exp()
-            }
-        }
+    /// ∫_0^t sqrt(h), the last bin's hazard going on past the last edge.
+    fn lambda(&self, t: f64) -> f64 {
+        let j = bin(t.max(0.0));
+        self.lambda[j] + self.root_hazard[j] * (t - edge(j)).max(0.0)
     }
 
     /// The chance per second that a job running at age `t` seconds ends now.
     pub fn hazard(&self, t: f64) -> f64 {
-        match Curve::bin(t) {
-            None => 0.0,
-            Some((j, _)) => self.root_hazard[j].powi(2),
-        }
+        self.root_hazard[bin(t.max(0.0))].powi(2)
     }
 
-    fn lambda(&self, t: f64) -> f64 {
-        match Curve::bin(t) {
-            None => self.lambda[BINS],
-            Some((j, lo)) => self.lambda[j] + self.root_hazard[j] * (t - lo).max(0.0),
+    /// The share of jobs still running at age `t` seconds: exp(-∫_0^t h).
+    pub fn survival(&self, t: f64) -> f64 {
+        let t = t.max(0.0);
+        let j = bin(t);
+        let mut cumulative = 0.0;
+        for k in 0..j {
+            cumulative += self.root_hazard[k].powi(2) * (edge(k + 1) - edge(k));
         }
+        cumulative += self.root_hazard[j].powi(2) * (t - edge(j));
+        (-cumulative).exp()
     }
 
     /// Seconds from age `age` to the next poll, polls spaced by Keller's density
     /// `sqrt(h / 2c)` with `price` = c seconds: the next poll is where
-    /// `Λ(t) - Λ(age)` reaches `sqrt(2c)`. `None` when no end is expected before
-    /// the last edge (past everything seen: the longest interval is right).
+    /// `Λ(t) - Λ(age)` reaches `sqrt(2c)`. `None` when no end is expected from
+    /// here on (nothing ended at these ages, or nobody was watched this old: the
+    /// longest interval is right).
     pub fn interval(&self, age: f64, price: f64) -> Option<f64> {
         let age = age.max(0.0);
-        let (start, _) = Curve::bin(age)?;
         let target = self.lambda(age) + (2.0 * price.max(0.0)).sqrt();
-        for j in start..BINS {
-            if self.lambda[j + 1] >= target && self.root_hazard[j] > 0.0 {
+        for j in bin(age)..BINS {
+            let reach = if j + 1 < BINS {
+                self.lambda[j + 1]
+            } else {
+                f64::INFINITY
+            };
+            if reach >= target && self.root_hazard[j] > 0.0 {
                 let from = edge(j).max(age);
-                let base = self.lambda(from);
-                let t = from + (target - base).max(0.0) / self.root_hazard[j];
+                let t = from + (target - self.lambda(from)).max(0.0) / self.root_hazard[j];
                 return Some((t - age).max(0.0));
             }
         }
@@ -264,18 +298,18 @@ impl Curve {
     }
 }
 
-/// The two histograms of one kind (or one group of a kind).
+/// The two tables of one kind (or one group of a kind).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Summary {
-    /// From the watch's start (`watched_at`) to its outcome, on jobwatch's clock.
-    pub observed: Histogram,
-    /// From the upstream's `created` (else `started`) to its `ended`.
-    pub upstream: Histogram,
+    /// Ages from the watch's start (`watched_at`), on jobwatch's clock.
+    pub observed: Table,
+    /// Ages from the upstream's `created` (else `started`), on its clock.
+    pub upstream: Table,
 }
 
 impl Summary {
-    /// The stored form: a version byte, then each histogram's end count, time
-    /// and weights, little-endian (585 bytes).
+    /// The stored form: a version byte, then each table's end count, time, ends
+    /// and exposure, little-endian ([`STORED_LEN`] bytes).
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(STORED_LEN);
         out.push(FORMAT);
@@ -289,18 +323,20 @@ impl Summary {
         if *version != FORMAT {
             return None;
         }
-        let (observed, rest) = Histogram::read(rest)?;
-        let (upstream, rest) = Histogram::read(rest)?;
+        let (observed, rest) = Table::read(rest)?;
+        let (upstream, rest) = Table::read(rest)?;
         rest.is_empty().then_some(Summary { observed, upstream })
     }
 }
 
-/// A summary with its curves, kept in step with it.
+/// A summary with its curves, kept nearly in step with it.
 #[derive(Debug, Clone)]
 struct Entry {
     summary: Summary,
     observed: Curve,
     upstream: Curve,
+    /// Exposure-only updates since the curves were computed.
+    stale: u32,
     /// Changed since it was last handed to the store.
     dirty: bool,
 }
@@ -311,12 +347,19 @@ impl Entry {
             observed: summary.observed.curve(),
             upstream: summary.upstream.curve(),
             summary,
+            stale: 0,
             dirty: false,
         }
     }
+
+    fn recompute(&mut self) {
+        self.observed = self.summary.observed.curve();
+        self.upstream = self.summary.upstream.curve();
+        self.stale = 0;
+    }
 }
 
-/// How a duration is measured and an age read: which clock, from which start.
+/// Which clock ages are read on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Basis {
     /// jobwatch's own: from the watch's start.
@@ -326,10 +369,10 @@ pub enum Basis {
 }
 
 /// What the history holds for one kind, for `/v1/status`.
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct KindHistory {
     pub kind: String,
-    /// Ends counted (from first seen to outcome), ever.
+    /// Ends counted (from the watch's start to its outcome), ever.
     pub ended: u64,
     /// Their decayed weight: what the learned cadence weighs against `poller.learn_after`.
     pub weight: f64,
@@ -341,8 +384,17 @@ pub struct KindHistory {
     pub groups: usize,
 }
 
+/// One poll's observation of a job, on both clocks.
+#[derive(Debug, Clone, Copy, Default)]
+struct Seen {
+    /// (from, to) ages in seconds, and whether the job ended at `to`.
+    observed: Option<(f64, f64, bool)>,
+    upstream: Option<(f64, f64, bool)>,
+    at: Millis,
+}
+
 /// Every summary, shared by the pollers (they read it for each learned poll and
-/// write it at each end) and the checkpoint loop (which stores what changed).
+/// add to it at each poll) and the checkpoint loop (which stores what changed).
 #[derive(Debug)]
 pub struct History {
     /// (kind, group): the group is `""` for the kind itself.
@@ -364,7 +416,7 @@ impl History {
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<(Kind, String), Entry>> {
-        // A panic while holding the lock leaves whole histograms behind: keep going.
+        // A panic while holding the lock leaves whole tables behind: keep going.
         self.entries.read().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -373,7 +425,7 @@ impl History {
     }
 
     /// Take the summaries the store holds (at start). A row that does not read
-    /// is skipped with a warning: the history is rebuilt from the next ends.
+    /// is skipped with a warning: the history is rebuilt from the next polls.
     pub fn load(&self, rows: Vec<StoredDurations>) {
         let mut entries = self.write();
         for row in rows {
@@ -410,36 +462,90 @@ impl History {
         Some(text)
     }
 
-    /// Count the end of `w` (an outcome just decided): only jobs that ended
-    /// upstream (succeeded or failed) say how long jobs take.
-    pub fn record(&self, w: &WatchRecord) {
-        if !matches!(w.outcome, Some(Outcome::Succeeded | Outcome::Failed)) {
+    /// What a poll of `w` (its values after the poll was decided) says, when the
+    /// poll before it was at `previous` (`None`: the first).
+    fn seen(w: &WatchRecord, previous: Option<Millis>) -> Option<Seen> {
+        let ended_upstream = matches!(w.outcome, Some(Outcome::Succeeded | Outcome::Failed));
+        let now = match w.outcome {
+            Some(_) => w.outcome_at?,
+            None => w.last_poll_at?,
+        };
+        let secs = |ms: Millis| ms as f64 / 1000.0;
+        // jobwatch's clock: running from the watch's start until the outcome is
+        // decided; an outcome that is no end (404, 400) only ends the watching.
+        let since = previous.unwrap_or(w.watched_at);
+        let observed = Some((
+            secs(since - w.watched_at),
+            secs(now - w.watched_at),
+            ended_upstream,
+        ));
+        // The upstream's clock: from when it says the job began. Watching began at
+        // the watch's start (an earlier end would not have been seen as one), and
+        // an end is where the upstream puts it.
+        let upstream = upstream_start(w).and_then(|start| {
+            let from = secs(since.max(w.watched_at) - start).max(0.0);
+            let end = ended_upstream
+                .then(|| w.upstream.ended.as_deref().and_then(parse_time))
+                .flatten();
+            match (w.outcome, end) {
+                (None, _) => Some((from, secs(now - start), false)),
+                (Some(_), Some(end)) if secs(end - start) >= from => {
+                    Some((from, secs(end - start), true))
+                }
+                // Ended before it was watched, or no end time: nothing to count.
+                _ => None,
+            }
+        });
+        Some(Seen {
+            observed,
+            upstream,
+            at: now,
+        })
+    }
+
+    /// Count what one poll of `w` saw: the stretch it was watched running since
+    /// the poll before (`previous`), and its end if it ended upstream (succeeded
+    /// or failed). Called for every poll whatever the cadence, so the history is
+    /// ready when the learned one is switched on.
+    pub fn observe(&self, w: &WatchRecord, previous: Option<Millis>) {
+        let Some(seen) = History::seen(w, previous) else {
             return;
-        }
-        let Some(at) = w.outcome_at else { return };
-        let observed = Duration::from_millis((at - w.watched_at).max(0) as u64);
-        let upstream = upstream_duration(w);
+        };
+        let ended = seen.observed.is_some_and(|o| o.2);
         let group = self.group_of(w);
         let mut entries = self.write();
-        let groups = entries
-            .keys()
-            .filter(|(k, g)| *k == w.kind && !g.is_empty())
-            .count();
+        let groups = || {
+            entries
+                .keys()
+                .filter(|(k, g)| *k == w.kind && !g.is_empty())
+                .count()
+        };
+        let room = group.is_some() && groups() < MAX_GROUPS;
         for g in [Some(String::new()), group].into_iter().flatten() {
             let key = (w.kind, g);
-            if !key.1.is_empty() && !entries.contains_key(&key) && groups >= MAX_GROUPS {
+            if !key.1.is_empty() && !room && !entries.contains_key(&key) {
                 continue;
             }
+            // Exposure counts from the first poll on, ends or not: the jobs still
+            // running when the first ones end are what makes their hazard right.
             let e = entries
                 .entry(key)
                 .or_insert_with(|| Entry::new(Summary::default()));
-            e.summary.observed.add(observed, at);
-            e.observed = e.summary.observed.curve();
-            if let Some(d) = upstream {
-                e.summary.upstream.add(d, at);
-                e.upstream = e.summary.upstream.curve();
+            for (table, part) in [
+                (&mut e.summary.observed, seen.observed),
+                (&mut e.summary.upstream, seen.upstream),
+            ] {
+                match part {
+                    Some((from, to, true)) => table.ended(from, to, seen.at),
+                    Some((from, to, false)) => table.running(from, to, seen.at),
+                    None => {}
+                }
             }
             e.dirty = true;
+            e.stale += 1;
+            if ended || e.stale >= RECOMPUTE_EVERY {
+                e.recompute();
+            }
         }
     }
 
@@ -470,9 +576,8 @@ impl History {
                 }
                 _ => continue,
             };
-            let age = age as f64 / 1000.0;
             let secs = curve
-                .interval(age, price.as_secs_f64())
+                .interval(age as f64 / 1000.0, price.as_secs_f64())
                 .unwrap_or(f64::INFINITY);
             return Some(clamp(secs, min, max));
         }
@@ -559,7 +664,7 @@ impl History {
 }
 
 fn clamp(secs: f64, min: Duration, max: Duration) -> Duration {
-    // Infinite (past every end) or NaN: the longest.
+    // Infinite (no end expected) or NaN: the longest.
     if secs.is_nan() || secs >= max.as_secs_f64() {
         return max;
     }
@@ -580,13 +685,6 @@ fn upstream_start(w: &WatchRecord) -> Option<Millis> {
         .as_deref()
         .or(u.started.as_deref())
         .and_then(parse_time)
-}
-
-/// How long the job took by the upstream's clock, where it says.
-fn upstream_duration(w: &WatchRecord) -> Option<Duration> {
-    let end = parse_time(w.upstream.ended.as_deref()?)?;
-    let start = upstream_start(w)?;
-    (end >= start).then(|| Duration::from_millis((end - start) as u64))
 }
 
 #[cfg(test)]
@@ -646,24 +744,25 @@ mod tests {
         }
     }
 
-    fn histogram(durations: &[Duration]) -> Histogram {
-        let mut h = Histogram::default();
+    /// A table of jobs watched from age 0 until they ended, all at time 0.
+    fn table(durations: &[Duration]) -> Table {
+        let mut t = Table::default();
         for d in durations {
-            h.add(*d, 0);
+            t.ended(0.0, d.as_secs_f64(), 0);
         }
-        h
+        t
     }
 
     #[test]
-    fn a_summary_is_a_few_hundred_bytes_whatever_it_counted_and_reads_back() {
+    fn a_summary_is_about_a_kilobyte_whatever_it_counted_and_reads_back() {
         let mut s = Summary::default();
         for (i, d) in quantiles(5_000, exponential(60.0)).into_iter().enumerate() {
-            s.observed.add(d, i as Millis);
-            s.upstream.add(d / 2, i as Millis);
+            s.observed.ended(0.0, d.as_secs_f64(), i as Millis);
+            s.upstream.ended(1.0, d.as_secs_f64() / 2.0, i as Millis);
         }
         let bytes = s.to_bytes();
         assert_eq!(bytes.len(), STORED_LEN);
-        assert!(bytes.len() < 600);
+        assert!(bytes.len() < 1_200);
         // Weights are stored in four bytes: what reads back is the same to f32's precision.
         let back = Summary::from_bytes(&bytes).expect("reads back");
         assert_eq!(back.to_bytes(), bytes);
@@ -671,11 +770,11 @@ mod tests {
         assert!((back.observed.weight() - s.observed.weight()).abs() < 0.01);
         // A day later one end weighs one, and the 5,000 before it half as much.
         let day = HALF_LIFE.as_millis() as Millis;
-        s.observed.add(Duration::from_secs(60), 4_999 + day);
+        s.observed.ended(0.0, 60.0, 4_999 + day);
         let w = s.observed.weight();
         assert!((2_500.0..2_502.0).contains(&w), "{w}");
         // An end older than the latest weighs by its age.
-        s.observed.add(Duration::from_secs(60), 4_999);
+        s.observed.ended(0.0, 60.0, 4_999);
         assert!((s.observed.weight() - w - 0.5).abs() < 1e-6);
         // Outside data: a wrong version, a short row, a negative or NaN weight.
         assert_eq!(Summary::from_bytes(&[]), None);
@@ -693,7 +792,7 @@ mod tests {
 
     #[test]
     fn the_curve_follows_the_durations_it_was_given() {
-        let c = histogram(&quantiles(700, lognormal(120.0, 1.0))).curve();
+        let c = table(&quantiles(700, lognormal(120.0, 1.0))).curve();
         let median = c.survival(120.0);
         assert!((0.44..0.56).contains(&median), "S(median) = {median}");
         let p90 = c.survival(120.0 * (1.2816f64).exp());
@@ -709,7 +808,7 @@ mod tests {
     #[test]
     fn an_exponential_history_gives_kellers_constant_interval() {
         // Constant hazard h = 1/60: Keller's spacing is sqrt(2c / h) = sqrt(120 c).
-        let c = histogram(&quantiles(700, exponential(60.0))).curve();
+        let c = table(&quantiles(700, exponential(60.0))).curve();
         for age in [20.0, 60.0, 120.0] {
             let h = c.hazard(age);
             assert!((1.0 / 75.0..1.0 / 48.0).contains(&h), "h({age}) = {h}");
@@ -723,7 +822,7 @@ mod tests {
 
     #[test]
     fn polls_gather_where_ends_are_likely_and_thin_out_in_the_long_tail() {
-        let c = histogram(&quantiles(700, lognormal(120.0, 1.0))).curve();
+        let c = table(&quantiles(700, lognormal(120.0, 1.0))).curve();
         let at = |age: f64| c.interval(age, 1.0).unwrap_or(f64::INFINITY);
         let (start, peak, tail) = (at(2.0), at(120.0), at(2_000.0));
         assert!(peak < start, "fresh jobs rarely end: {peak} < {start}");
@@ -734,15 +833,38 @@ mod tests {
 
     #[test]
     fn the_history_follows_a_change_within_days() {
-        let mut h = histogram(&quantiles(1_000, |_| 10.0));
-        assert!(h.curve().survival(50.0) < 0.01);
+        let mut h = table(&quantiles(1_000, lognormal(10.0, 0.3)));
+        let before = h.curve().survival(30.0);
+        assert!(before < 0.03, "S(30 s) before: {before}");
         // Three days later jobs take ten times as long; 500 of them end.
         let later = 3 * HALF_LIFE.as_millis() as Millis;
-        for d in quantiles(500, |_| 100.0) {
-            h.add(d, later);
+        for d in quantiles(500, lognormal(100.0, 0.3)) {
+            h.ended(0.0, d.as_secs_f64(), later);
         }
-        let s = h.curve().survival(50.0);
-        assert!(s > 0.75, "S(50 s) after the change: {s}");
+        let after = h.curve().survival(30.0);
+        assert!(after > 0.7, "S(30 s) after the change: {after}");
+    }
+
+    /// Jobs posted together end shortest first: counting the exposure of those
+    /// still running keeps the hazard at their age what it is, where the ends
+    /// alone would make them look about to end.
+    #[test]
+    fn jobs_still_running_count_so_a_batch_does_not_skew_the_hazard() {
+        let durations = quantiles(2_000, lognormal(120.0, 1.0));
+        let full = table(&durations).curve();
+        // Half-way through a batch of the same jobs: those that ended, and the
+        // exposure of those still running, all at age 120 s.
+        let mut half = Table::default();
+        for d in &durations {
+            let d = d.as_secs_f64();
+            if d <= 120.0 {
+                half.ended(0.0, d, 0);
+            } else {
+                half.running(0.0, 120.0, 0);
+            }
+        }
+        let (a, b) = (full.hazard(100.0), half.curve().hazard(100.0));
+        assert!((b / a - 1.0).abs() < 0.15, "h(100 s): {b} against {a}");
     }
 
     fn ended(kind: Kind, watched_at: Millis, took_ms: Millis) -> WatchRecord {
@@ -774,7 +896,7 @@ mod tests {
         let h = History::new(None, 50);
         let kind = Kind::intern("history-few");
         for i in 0..49 {
-            h.record(&ended(kind, 0, 60_000 + i * 1000));
+            h.observe(&ended(kind, 0, 60_000 + i * 1000), None);
         }
         let w = running(kind, 0);
         assert_eq!(h.interval(&w, 30_000, PRICE, MIN, MAX), None);
@@ -782,10 +904,10 @@ mod tests {
         for outcome in [Outcome::TimedOut, Outcome::Cancelled, Outcome::NotFound] {
             let mut e = ended(kind, 0, 1);
             e.outcome = Some(outcome);
-            h.record(&e);
+            h.observe(&e, None);
         }
         assert_eq!(h.interval(&w, 30_000, PRICE, MIN, MAX), None);
-        h.record(&ended(kind, 0, 60_000));
+        h.observe(&ended(kind, 0, 60_000), None);
         let i = h.interval(&w, 30_000, PRICE, MIN, MAX).expect("50 ends");
         assert!(i >= MIN && i <= MAX, "{i:?}");
         assert!(h.learned(kind, Basis::Observed));
@@ -797,7 +919,7 @@ mod tests {
         let h = History::new(None, 50);
         let kind = Kind::intern("history-clock");
         for d in quantiles(700, lognormal(120.0, 1.0)) {
-            h.record(&ended(kind, 1_000_000, d.as_millis() as Millis));
+            h.observe(&ended(kind, 1_000_000, d.as_millis() as Millis), None);
         }
         let w = running(kind, 1_000_000);
         let at = |age_s: i64| h.interval(&w, 1_000_000 + age_s * 1000, PRICE, MIN, MAX);
@@ -818,20 +940,20 @@ mod tests {
         let t0 = 1_700_000_000_000;
         let time = |ms: Millis| crate::view::rfc3339(ms);
         for i in 0..100 {
-            // Watched an hour after the job was created; each ran 60 s.
-            let mut e = ended(kind, t0 + 3_600_000, 60_000 + i);
+            // Watched 10 s after the job was created; each ran 60 s.
+            let mut e = ended(kind, t0 + 10_000, 50_000 + i);
             e.upstream = UpstreamFields {
                 created: Some(time(t0)),
                 started: None,
                 ended: Some(time(t0 + 60_000)),
                 errors: None,
             };
-            h.record(&e);
+            h.observe(&e, None);
         }
         assert!(h.learned(kind, Basis::Upstream));
         let mut w = running(kind, t0 + 3_600_000);
-        // By jobwatch's clock a job of age 0 has a minute to go; by the upstream's,
-        // posted 50 s after creation, it is about to end.
+        // By jobwatch's clock a job of age 0 has 50 s to go; by the upstream's,
+        // posted 55 s after creation, it is about to end.
         w.upstream.created = Some(time(t0 + 3_600_000 - 55_000));
         let now = t0 + 3_600_000;
         let upstream = h.interval(&w, now, PRICE, MIN, MAX).expect("learned");
@@ -852,8 +974,8 @@ mod tests {
             w
         };
         for i in 0..100 {
-            h.record(&with(ended(kind, 0, 10_000 + i), "small".into()));
-            h.record(&with(ended(kind, 0, 600_000 + i), "large".into()));
+            h.observe(&with(ended(kind, 0, 10_000 + i), "small".into()), None);
+            h.observe(&with(ended(kind, 0, 600_000 + i), "large".into()), None);
         }
         let small = with(running(kind, 0), "small".into());
         let large = with(running(kind, 0), "large".into());
@@ -870,11 +992,11 @@ mod tests {
         let _ = at(&plain);
         // A value with too few ends of its own uses the kind's.
         let new = with(running(kind, 0), "new".into());
-        h.record(&with(ended(kind, 0, 10_000), "new".into()));
+        h.observe(&with(ended(kind, 0, 10_000), "new".into()), None);
         assert_eq!(at(&new), at(&plain));
         // Clients cannot grow the table without bound.
         for i in 0..(MAX_GROUPS * 2) {
-            h.record(&with(ended(kind, 0, 1_000), serde_json::json!(i)));
+            h.observe(&with(ended(kind, 0, 1_000), serde_json::json!(i)), None);
         }
         assert_eq!(h.kinds()[0].groups, MAX_GROUPS);
         // Objects are no group; long values are cut.
@@ -890,7 +1012,7 @@ mod tests {
     fn changed_summaries_are_handed_over_once_and_again_after_a_failed_write() {
         let h = History::new(None, 50);
         let kind = Kind::intern("history-dirty");
-        h.record(&ended(kind, 0, 5_000));
+        h.observe(&ended(kind, 0, 5_000), None);
         let rows = h.take_changed();
         assert_eq!(rows.len(), 1);
         assert!(h.take_changed().is_empty());

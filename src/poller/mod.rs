@@ -318,6 +318,7 @@ impl Poller {
         }
         // Only when a stream listens: the copy is one allocation per poll.
         let before = self.signals.wants_states().then(|| w.state.clone());
+        let previous = w.last_poll_at;
         let record = decide(
             w,
             answer,
@@ -333,9 +334,9 @@ impl Poller {
                 self.signals.state_changed(before.as_deref(), &record);
             }
         }
-        // Every end counts, whatever the policy: the history is ready when the
+        // Every poll counts, whatever the policy: the history is ready when the
         // learned cadence is switched on.
-        self.history.record(&record);
+        self.history.observe(&record, previous);
         let event = self.routes.event_for(&record);
         self.writer
             .send(Write::Watch(WatchUpdate { record, event }))
@@ -619,12 +620,15 @@ mod tests {
         assert_eq!(poll(&watch(), 0, &learned), Some(2_000));
         // Jobs of this kind take about ten minutes.
         for i in 0..100 {
-            history.record(&WatchRecord {
-                outcome: Some(Outcome::Succeeded),
-                outcome_at: Some(600_000 + i * 300),
-                next_poll_at: None,
-                ..watch()
-            });
+            history.observe(
+                &WatchRecord {
+                    outcome: Some(Outcome::Succeeded),
+                    outcome_at: Some(600_000 + i * 300),
+                    next_poll_at: None,
+                    ..watch()
+                },
+                None,
+            );
         }
         // A fresh job will not end for minutes: the longest interval.
         assert_eq!(poll(&watch(), 1_000, &learned), Some(60_000));
