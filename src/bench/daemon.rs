@@ -179,6 +179,10 @@ impl Daemons {
         Ok(Daemons { procs, url })
     }
 
+    pub fn first_pid(&self) -> u32 {
+        self.procs[0].pid
+    }
+
     pub fn pids(&self) -> String {
         let pids: Vec<String> = self.procs.iter().map(|p| p.pid.to_string()).collect();
         pids.join(" ")
@@ -224,6 +228,45 @@ pub fn postgres_cpu_seconds() -> f64 {
                 .is_ok_and(|c| c.trim() == "postgres")
         })
         .filter_map(|pid| proc_sample(pid).map(|s| s.cpu_seconds))
+        .sum()
+}
+
+/// CPU seconds of `pid` and every process below it (a peer's interpreter may
+/// start workers); those that ended are not counted, so the tree is read while
+/// it runs.
+pub fn tree_cpu_seconds(pid: u32) -> f64 {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(p) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+                continue;
+            };
+            // After the name: state, then the parent's pid.
+            let ppid = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().nth(1)?.parse::<u32>().ok());
+            if let Some(ppid) = ppid {
+                parents.push((p, ppid));
+            }
+        }
+    }
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
+    }
+    tree.iter()
+        .filter_map(|p| proc_sample(*p).map(|s| s.cpu_seconds))
         .sum()
 }
 

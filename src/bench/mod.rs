@@ -13,6 +13,7 @@ pub mod cadence;
 mod daemon;
 mod live;
 pub mod load;
+mod operating;
 mod receiver;
 mod report;
 
@@ -166,6 +167,39 @@ pub struct BenchArgs {
     /// Ends the learned daemon sees before the live run's measured jobs.
     #[arg(long, default_value_t = 500)]
     pub live_warmup: u32,
+
+    /// Instead of the main run: the cost at these operating points (watches,
+    /// comma-separated), never-ending watches on a fixed 5 s cadence, jobwatch
+    /// and then the asyncio peer against one simulator (SQLite only).
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub operating_point: Vec<u32>,
+
+    /// Operating points: the window each poller is measured over.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+
+    /// Operating points: how long each poller runs before its window (and the
+    /// idle daemon after its ingest).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
+
+    /// Operating points: the Python that runs the peer (`none` skips it).
+    #[arg(long, default_value = "python3")]
+    pub peer: String,
+
+    /// Operating points: the peer's script (relative paths are tried from here,
+    /// then from the source tree the binary was built from).
+    #[arg(long, default_value = "bench/peers/asyncio_poller.py")]
+    pub peer_script: String,
+
+    /// Operating points: watches of the idle measurement (first poll an hour
+    /// away); 0 skips it.
+    #[arg(long, default_value_t = 100_000)]
+    pub idle_watches: u32,
+
+    /// Operating points: the idle measurement's window.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub idle_duration: Duration,
 }
 
 /// Ids of the main run: plain ids, so the simulator draws each outcome from its mix.
@@ -198,6 +232,28 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
     let shutdown = CancellationToken::new();
     cancel_on_signals(shutdown.clone());
     let work = WorkDir::create(args.keep)?;
+    if !args.operating_point.is_empty() {
+        if postgres {
+            bail!("--operating-point runs on SQLite only");
+        }
+        let secret = SigningSecret::generate();
+        let (base, _) = daemon_settings(&args, &secret)?;
+        let result = tokio::select! {
+            r = operating::run(&args, &base, &work.path, &shutdown) => r,
+            () = shutdown.cancelled() => Err(anyhow!("interrupted; the daemon was stopped")),
+        };
+        shutdown.cancel();
+        let report = result?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            report.print();
+        }
+        if args.keep {
+            eprintln!("work directory kept: {}", work.path.display());
+        }
+        return Ok(0);
+    }
     let result = tokio::select! {
         r = bench(&args, &work.path, shutdown.clone()) => r,
         () = shutdown.cancelled() => Err(anyhow!("interrupted; the daemon was stopped")),

@@ -31,8 +31,11 @@ use history::History;
 /// Steps that claimed less than they could are at least this far apart: at 10,000
 /// watches one falls due every few hundred microseconds, and a step for each (a
 /// claim read, a task) cost more than the polls (BENCHMARKS.md). A poll is at most
-/// this much later than its cadence says.
-const MIN_STEP_GAP: Duration = Duration::from_millis(20);
+/// this much later than its cadence says: a quarter of the default jitter of a
+/// 2 s interval. At 20 ms, a claim of a few watches every step cost the daemon
+/// about 40% of its CPU at 400 polls/s (BENCHMARKS.md, session 11); under load a
+/// step that filled its slots does not wait for it.
+const MIN_STEP_GAP: Duration = Duration::from_millis(100);
 
 pub struct Poller {
     store: DynStore,
