@@ -492,6 +492,11 @@ impl History {
                 (Some(_), Some(end)) if secs(end - start) >= from => {
                     Some((from, secs(end - start), true))
                 }
+                // Seen running at the poll before by our clock, ended a little
+                // before it by the upstream's: the two clocks (and the answer's
+                // time in flight) disagree by that much. The end was seen in this
+                // stretch: count it at its start.
+                (Some(_), Some(_)) if previous.is_some() => Some((from, from, true)),
                 // Ended before it was watched, or no end time: nothing to count.
                 _ => None,
             }
