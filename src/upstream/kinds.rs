@@ -210,14 +210,14 @@ impl KindDef {
         })
     }
 
-    /// The status path of `id` (already percent-encoded).
-    pub fn path(&self, encoded_id: &str) -> String {
-        let mut p =
-            String::with_capacity(self.path_head.len() + encoded_id.len() + self.path_tail.len());
-        p.push_str(&self.path_head);
-        p.push_str(encoded_id);
-        p.push_str(&self.path_tail);
-        p
+    /// Append the status path of `id` (written as given: the caller encodes it)
+    /// to `url`, so that a poll's URL is one allocation.
+    pub fn write_path(&self, url: &mut String, id: impl std::fmt::Display) {
+        use std::fmt::Write as _;
+        url.push_str(&self.path_head);
+        // Writing into a String cannot fail.
+        let _ = write!(url, "{id}");
+        url.push_str(&self.path_tail);
     }
 
     /// An answer in this kind's terms: UPSTREAM.md's error table, as overridden.
@@ -690,6 +690,8 @@ mod tests {
     #[test]
     fn paths_put_the_id_in_its_place() {
         let g = github();
-        assert_eq!(g.path("12%3A3"), "/actions/runs/12%3A3");
+        let mut path = String::new();
+        g.write_path(&mut path, "12%3A3");
+        assert_eq!(path, "/actions/runs/12%3A3");
     }
 }
