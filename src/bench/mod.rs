@@ -238,42 +238,53 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
         }
         let secret = SigningSecret::generate();
         let (base, _) = daemon_settings(&args, &secret)?;
-        let result = tokio::select! {
-            r = operating::run(&args, &base, &work.path, &shutdown) => r,
-            () = shutdown.cancelled() => Err(anyhow!("interrupted; the daemon was stopped")),
-        };
-        shutdown.cancel();
-        let report = result?;
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
-        } else {
-            report.print();
-        }
-        if args.keep {
-            eprintln!("work directory kept: {}", work.path.display());
-        }
+        let report = until_interrupted(
+            operating::run(&args, &base, &work.path, &shutdown),
+            &shutdown,
+        )
+        .await?;
+        emit(&args, &work, &report, operating::OperatingReport::print)?;
         return Ok(0);
     }
-    let result = tokio::select! {
-        r = bench(&args, &work.path, shutdown.clone()) => r,
-        () = shutdown.cancelled() => Err(anyhow!("interrupted; the daemon was stopped")),
-    };
-    // Stops the simulators and the receiver; the daemons died with their handles.
-    shutdown.cancel();
-    let report = result?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        report.print();
-    }
-    if args.keep {
-        eprintln!("work directory kept: {}", work.path.display());
-    }
+    let report = until_interrupted(bench(&args, &work.path, shutdown.clone()), &shutdown).await?;
+    emit(&args, &work, &report, Report::print)?;
     Ok(if args.check && !report.complete() {
         1
     } else {
         0
     })
+}
+
+/// `run` unless SIGINT/SIGTERM comes first; then `shutdown` stops the simulators
+/// and the receiver (the daemons die with their handles).
+async fn until_interrupted<T>(
+    run: impl std::future::Future<Output = anyhow::Result<T>>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<T> {
+    let result = tokio::select! {
+        r = run => r,
+        () = shutdown.cancelled() => Err(anyhow!("interrupted; the daemon was stopped")),
+    };
+    shutdown.cancel();
+    result
+}
+
+/// A report as JSON (`--json`) or for people, and where the work directory was kept.
+fn emit<R: serde::Serialize>(
+    args: &BenchArgs,
+    work: &WorkDir,
+    report: &R,
+    print: fn(&R),
+) -> anyhow::Result<()> {
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print(report);
+    }
+    if args.keep {
+        eprintln!("work directory kept: {}", work.path.display());
+    }
+    Ok(())
 }
 
 /// `--cadence-study`: every distribution asked for, in simulated time; with

@@ -283,21 +283,11 @@ async fn jobwatch_side(
     tokio::time::sleep(args.warmup).await;
     daemon.check_alive()?;
     let pid = daemon.first_pid();
-    let (cpu0, polls0, t0) = (
-        tree_cpu_seconds(pid),
-        sim.requests_received(),
-        Instant::now(),
-    );
-    tokio::time::sleep(args.duration).await;
-    let (cpu1, polls1, secs) = (
-        tree_cpu_seconds(pid),
-        sim.requests_received(),
-        t0.elapsed().as_secs_f64(),
-    );
+    let window = measure(pid, sim, args.duration).await;
     daemon.check_alive()?;
     let rss = daemon.sample().map_or(0.0, |s| super::mib(s.rss_kib));
     daemon.stop().await;
-    Ok(side(polls1 - polls0, cpu1 - cpu0, secs, rss))
+    Ok(side(window.polls, window.cpu_seconds, window.seconds, rss))
 }
 
 async fn peer_side(
@@ -355,17 +345,7 @@ async fn peer_side(
         bail!("the peer did not start (is aiohttp installed? `pip install -r .ci/requirements.txt`): {err}");
     }
     tokio::time::sleep(args.warmup).await;
-    let (cpu0, polls0, t0) = (
-        tree_cpu_seconds(pid),
-        sim.requests_received(),
-        Instant::now(),
-    );
-    tokio::time::sleep(args.duration).await;
-    let (cpu1, polls1, secs) = (
-        tree_cpu_seconds(pid),
-        sim.requests_received(),
-        t0.elapsed().as_secs_f64(),
-    );
+    let window = measure(pid, sim, args.duration).await;
     let rss = super::daemon::proc_sample(pid).map_or(0.0, |s| super::mib(s.rss_kib));
     let summary = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await;
     let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
@@ -373,7 +353,30 @@ async fn peer_side(
         Ok(Ok(Some(line))) => progress(format_args!("the peer says: {line}")),
         _ => progress(format_args!("the peer printed no summary")),
     }
-    Ok(side(polls1 - polls0, cpu1 - cpu0, secs, rss))
+    Ok(side(window.polls, window.cpu_seconds, window.seconds, rss))
+}
+
+/// What one poller spent and did over a window.
+struct Window {
+    polls: u64,
+    cpu_seconds: f64,
+    seconds: f64,
+}
+
+/// The CPU of `pid`'s process tree and the requests the simulator received, over
+/// `window` from now.
+async fn measure(pid: u32, sim: &Simulator, window: Duration) -> Window {
+    let (cpu0, polls0, t0) = (
+        tree_cpu_seconds(pid),
+        sim.requests_received(),
+        Instant::now(),
+    );
+    tokio::time::sleep(window).await;
+    Window {
+        polls: sim.requests_received() - polls0,
+        cpu_seconds: tree_cpu_seconds(pid) - cpu0,
+        seconds: t0.elapsed().as_secs_f64(),
+    }
 }
 
 fn side(polls: u64, cpu_seconds: f64, seconds: f64, rss_mib: f64) -> Side {
@@ -423,21 +426,11 @@ async fn idle(
     load::ingest(&daemon.url, PREFIX, n as usize, args.chunk, 1, None).await?;
     tokio::time::sleep(args.warmup).await;
     let pid = daemon.first_pid();
-    let (cpu0, polls0, t0) = (
-        tree_cpu_seconds(pid),
-        sim.requests_received(),
-        Instant::now(),
-    );
-    tokio::time::sleep(args.idle_duration).await;
-    let (cpu1, polls1, secs) = (
-        tree_cpu_seconds(pid),
-        sim.requests_received(),
-        t0.elapsed().as_secs_f64(),
-    );
+    let window = measure(pid, &sim, args.idle_duration).await;
     daemon.check_alive()?;
     let rss = daemon.sample().map_or(0.0, |s| super::mib(s.rss_kib));
     daemon.stop().await;
-    let cpu = cpu1 - cpu0;
+    let (cpu, secs) = (window.cpu_seconds, window.seconds);
     progress(format_args!(
         "idle: {:.2}% of a core",
         cpu / secs.max(1e-9) * 100.0
@@ -447,7 +440,7 @@ async fn idle(
         seconds: secs,
         cpu_seconds: cpu,
         core_share: cpu / secs.max(1e-9),
-        polls: polls1 - polls0,
+        polls: window.polls,
         rss_mib: rss,
     })
 }
