@@ -29,33 +29,8 @@ cd "$(dirname "$0")/.."
 max_examples="${SCHEMATHESIS_MAX_EXAMPLES:-50}"
 seed="${SCHEMATHESIS_SEED:-20261129}"
 
-work="$(mktemp -d "${TMPDIR:-/tmp}/jobwatch-schemathesis.XXXXXX")"
-pids=()
-cleanup() {
-  local status=$?
-  for pid in "${pids[@]}"; do
-    kill -TERM "$pid" 2>/dev/null || true
-  done
-  for pid in "${pids[@]}"; do
-    wait "$pid" 2>/dev/null || true
-  done
-  if [ "$status" -ne 0 ]; then
-    echo "-- daemon log (last 40 lines)"
-    tail -n 40 "$work/serve.log" 2>/dev/null || true
-  fi
-  if [ -n "${SCHEMATHESIS_KEEP:-}" ]; then
-    echo "-- kept $work"
-  else
-    rm -rf "$work"
-  fi
-  exit "$status"
-}
-trap cleanup EXIT INT TERM
+source .ci/lib.sh schemathesis SCHEMATHESIS_KEEP
 
-if [ -z "${JOBWATCH_BIN:-}" ]; then
-  cargo build --quiet --locked --bin jobwatch
-  JOBWATCH_BIN="target/debug/jobwatch"
-fi
 
 # The command: $SCHEMATHESIS, else the module in python3 (where .ci/run installs
 # .ci/requirements.txt; through python3, as a fresh console script may not be on
@@ -72,9 +47,6 @@ else
   st=("$work/venv/bin/schemathesis")
 fi
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 sim_port="$(free_port)"
 api_port="$(free_port)"
 dead_port="$(free_port)" # nothing listens here: the deliveries' proxy
@@ -124,13 +96,7 @@ HTTP_PROXY="http://127.0.0.1:$dead_port" HTTPS_PROXY="http://127.0.0.1:$dead_por
 pids+=($!)
 
 base="http://127.0.0.1:$api_port"
-for _ in $(seq 1 100); do
-  if curl -fsS "$base/readyz" >/dev/null 2>&1; then
-    break
-  fi
-  sleep 0.1
-done
-curl -fsS "$base/readyz" >/dev/null
+wait_ready "$base"
 
 echo "schemathesis $("${st[@]}" --version | awk '{print $NF}') against $base/openapi.json: $max_examples examples per operation, seed $seed"
 # From the temporary directory: schemathesis keeps a cache (.schemathesis/) where it runs.

@@ -21,37 +21,9 @@ if [ ! -d tests/browser/node_modules/playwright-core ]; then
   exit 1
 fi
 
-work="$(mktemp -d "${TMPDIR:-/tmp}/jobwatch-browser.XXXXXX")"
-pids=()
-cleanup() {
-  local status=$?
-  for pid in "${pids[@]}"; do
-    kill -TERM "$pid" 2>/dev/null || true
-  done
-  for pid in "${pids[@]}"; do
-    wait "$pid" 2>/dev/null || true
-  done
-  if [ "$status" -ne 0 ]; then
-    echo "-- daemon log (last 40 lines)"
-    tail -n 40 "$work/serve.log" 2>/dev/null || true
-  fi
-  if [ -n "${BROWSER_TEST_KEEP:-}" ]; then
-    echo "-- kept $work"
-  else
-    rm -rf "$work"
-  fi
-  exit "$status"
-}
-trap cleanup EXIT INT TERM
+source .ci/lib.sh browser BROWSER_TEST_KEEP
 
-if [ -z "${JOBWATCH_BIN:-}" ]; then
-  cargo build --quiet --locked --bin jobwatch
-  JOBWATCH_BIN="${CARGO_TARGET_DIR:-target}/debug/jobwatch"
-fi
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 sim_port="$(free_port)"
 api_port="$(free_port)"
 dead_port="$(free_port)" # nothing listens here: deliveries to it end dead
@@ -93,13 +65,7 @@ EOF
 pids+=($!)
 
 base="http://127.0.0.1:$api_port"
-for _ in $(seq 1 100); do
-  if curl -fsS "$base/readyz" >/dev/null 2>&1; then
-    break
-  fi
-  sleep 0.1
-done
-curl -fsS "$base/readyz" >/dev/null
+wait_ready "$base"
 
 shot=()
 if [ -n "${SCREENSHOT:-}" ]; then
