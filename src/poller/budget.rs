@@ -6,7 +6,7 @@
 //! answer to [`Budget::observe`]; nothing else may talk to the upstream.
 
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -123,6 +123,9 @@ pub struct Budget {
     capped: AtomicBool,
     /// Rung when `observe` has news for the other replicas.
     news_ready: Notify,
+    /// The allowed rate times the share, as f64 bits, kept beside `inner`'s: the
+    /// poller asks for it after every finished poll, without taking the lock.
+    effective: AtomicU64,
 }
 
 /// What this replica learned that the others must hear of (issue 18): a pause the
@@ -248,6 +251,7 @@ impl Budget {
             sent: AtomicUsize::new(0),
             capped: AtomicBool::new(false),
             news_ready: Notify::new(),
+            effective: AtomicU64::new(settings.max_requests_per_second.to_bits()),
             clock,
             settings,
             started: now,
@@ -457,13 +461,13 @@ impl Budget {
         let rate = inner.rate * inner.share;
         let burst = ((f64::from(burst) * inner.share).floor() as u32).max(1);
         inner.limiter = limiter(rate, burst, &self.clock, false);
+        self.effective.store(rate.to_bits(), Ordering::Relaxed);
     }
 
     /// Requests per second this replica may send now: the allowed rate times its
     /// share (0 while it has none).
     pub fn effective_rate(&self) -> f64 {
-        let inner = self.lock();
-        inner.rate * inner.share
+        f64::from_bits(self.effective.load(Ordering::Relaxed))
     }
 
     /// Wait until `observe` has news for the other replicas.
