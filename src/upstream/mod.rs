@@ -219,7 +219,7 @@ impl UpstreamClient {
         loop {
             let mut request = Request::get(uri.clone())
                 .body(Empty::new())
-                .map_err(|e| format!("request failed: {e}"))?;
+                .map_err(|e| describe_failure("request failed", &e))?;
             *request.headers_mut() = if on_origin {
                 self.on_origin.clone()
             } else {
@@ -231,7 +231,7 @@ impl UpstreamClient {
                 } else {
                     "request failed"
                 };
-                causes(kind, &e)
+                describe_failure(kind, &e)
             })?;
             let status = response.status();
             if status.is_redirection() && redirects < MAX_REDIRECTS {
@@ -250,7 +250,7 @@ impl UpstreamClient {
             let body = Limited::new(response.into_body(), MAX_BODY)
                 .collect()
                 .await
-                .map_err(|e| causes("reading the answer failed", &*e))?
+                .map_err(|e| describe_failure("reading the answer failed", &*e))?
                 .to_bytes();
             return Ok((status, retry_after, body));
         }
@@ -281,22 +281,6 @@ fn redirect_target(from: &Uri, headers: &HeaderMap) -> Option<Uri> {
 /// `scheme://authority` of `uri`, as the base URL's origin is kept.
 fn origin(uri: &Uri) -> Option<String> {
     Some(format!("{}://{}", uri.scheme_str()?, uri.authority()?))
-}
-
-/// `kind` and the chain of causes (refused, reset, DNS), without any header or token.
-fn causes(kind: &str, e: &(dyn std::error::Error + 'static)) -> String {
-    let mut msg = kind.to_string();
-    let mut source = e.source();
-    if source.is_none() {
-        msg.push_str(": ");
-        msg.push_str(&e.to_string());
-    }
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
 }
 
 fn bearer(token: &Secret) -> HeaderValue {
@@ -349,11 +333,31 @@ pub(crate) fn short_detail(body: &[u8]) -> String {
     }
 }
 
-/// A failed request in words: what failed (timed out, connection, reading the
-/// answer) and the chain of causes (refused, reset, DNS), without any header or
-/// token. Used for upstream polls and webhook attempts alike.
+/// A failed request in words, the one description of it that `last_error` shows
+/// for upstream polls and webhook attempts alike: `what` failed (timed out,
+/// connection failed, reading the answer failed, request failed), then the chain
+/// of causes (refused, reset, DNS), without any header or token. `e`'s own text
+/// is said only when it names no cause (a client's own text may carry the URL).
+pub fn describe_failure(what: &str, e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = what.to_string();
+    let mut cause = e.source();
+    if cause.is_none() {
+        msg.push_str(": ");
+        msg.push_str(&e.to_string());
+    }
+    while let Some(c) = cause {
+        msg.push_str(": ");
+        msg.push_str(&c.to_string());
+        cause = c.source();
+    }
+    msg
+}
+
+/// [`describe_failure`] of a reqwest request (a webhook attempt), with what failed
+/// read from the error. Pass it without its URL ([`reqwest::Error::without_url`]):
+/// a webhook URL may carry a token.
 pub fn describe(e: &reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
+    let what = if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {
         "connection failed"
@@ -362,14 +366,7 @@ pub fn describe(e: &reqwest::Error) -> String {
     } else {
         "request failed"
     };
-    let mut msg = kind.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
+    describe_failure(what, e)
 }
 
 #[cfg(test)]

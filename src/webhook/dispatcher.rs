@@ -265,7 +265,7 @@ impl Dispatcher {
                     retry_after,
                 }
             }
-            Err(e) => Sent::Failed(crate::upstream::describe(&e)),
+            Err(e) => Sent::Failed(crate::upstream::describe(&e.without_url())),
         }
     }
 

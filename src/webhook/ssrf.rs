@@ -415,15 +415,12 @@ mod tests {
             .send()
             .await
             .expect_err("must not connect to loopback");
-        let mut chain = String::new();
-        let mut source: Option<&dyn std::error::Error> = Some(&err);
-        while let Some(e) = source {
-            let _ = write!(chain, "{e}; ");
-            source = e.source();
-        }
+        // What the delivery's `last_error` would say.
+        let said = crate::upstream::describe(&err.without_url());
         assert!(
-            chain.contains("resolves only to non-public addresses"),
-            "{chain}"
+            said.starts_with("connection failed: ")
+                && said.contains("resolves only to non-public addresses"),
+            "{said}"
         );
         // And nothing reached the listener.
         let accepted =
