@@ -80,7 +80,6 @@ fn known_types() -> Vec<&'static str> {
     responses(
         (status = 200, description = "A `text/event-stream`. Each outcome is an event whose `event:` is its type, whose `data:` is the webhook body `{\"type\",\"timestamp\",\"data\":{the watch}}`, and whose `id:` is its durable position. `job.state_changed` events (`{\"type\",\"timestamp\",\"previous_state\",\"data\"}`) carry no id. Comments (`:`) keep the connection alive. A `stream.closed` event (`{\"reason\",\"message\"}`; reasons lagged, shutdown, store_unavailable) comes last when the daemon ends the stream; reconnect with Last-Event-ID.", content_type = "text/event-stream", body = String),
         (status = 400, description = "A bad filter or Last-Event-ID (codes invalid_query, unknown_type, unknown_kind, invalid_last_event_id, unknown_last_event_id).", body = super::openapi::ErrorBody),
-        (status = 401, description = "api.token is set and the request lacks `Authorization: Bearer <api.token>` (code unauthorized).", body = super::openapi::ErrorBody),
         (status = 503, description = "The store could not complete the request (code store_unavailable).", body = super::openapi::ErrorBody),
     ),
 )]

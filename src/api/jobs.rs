@@ -48,10 +48,8 @@ const MAX_TIMEOUT_SECONDS: f64 = 10.0 * 365.0 * 86_400.0;
     responses(
         (status = 202, description = "Stored: how many watches are new and how many were already running.", body = super::openapi::JobsAccepted),
         (status = 400, description = "The body is not JSON, not an object of the documented fields, or lacks `kind` or `ids` (codes malformed_json, invalid_body, missing_kind, missing_ids, unreadable_body).", body = super::openapi::ErrorBody),
-        (status = 401, description = "api.token is set and the request lacks `Authorization: Bearer <api.token>` (code unauthorized).", body = super::openapi::ErrorBody),
         (status = 413, description = "The body is larger than api.max_body_bytes (code body_too_large).", body = super::openapi::ErrorBody),
         (status = 422, description = "A value is not allowed (codes unknown_kind, empty_ids, too_many_ids, invalid_id, invalid_webhook_url, webhook_secret_missing, invalid_timeout, invalid_metadata).", body = super::openapi::ErrorBody),
-        (status = 503, description = "The store could not complete the request; nothing was changed by it (code store_unavailable).", body = super::openapi::ErrorBody),
     ),
 )]
 async fn create(
@@ -237,9 +235,7 @@ struct ShowQuery {
     responses(
         (status = 200, description = "The watch (with an outcome, unless it still runs when the wait ends).", body = super::openapi::WatchWithDeliveries),
         (status = 400, description = "Unknown kind, an id outside the allowed form, or a bad `wait` (codes unknown_kind, invalid_id, invalid_wait, invalid_query).", body = super::openapi::ErrorBody),
-        (status = 401, description = "api.token is set and the request lacks `Authorization: Bearer <api.token>` (code unauthorized).", body = super::openapi::ErrorBody),
         (status = 404, description = "No watch of this job (code watch_not_found).", body = super::openapi::ErrorBody),
-        (status = 503, description = "The store could not complete the request; nothing was changed by it (code store_unavailable).", body = super::openapi::ErrorBody),
     ),
 )]
 async fn show(
@@ -304,8 +300,6 @@ struct ListQuery {
     cursor: Option<String>,
 }
 
-const MAX_PAGE: u32 = 1000;
-
 /// A page of watches, newest first.
 #[utoipa::path(
     get,
@@ -322,8 +316,6 @@ const MAX_PAGE: u32 = 1000;
     responses(
         (status = 200, description = "One page; `next_cursor` is null on the last.", body = super::openapi::WatchPage),
         (status = 400, description = "A filter is not allowed (codes invalid_query, unknown_kind, unknown_outcome, invalid_limit, invalid_cursor).", body = super::openapi::ErrorBody),
-        (status = 401, description = "api.token is set and the request lacks `Authorization: Bearer <api.token>` (code unauthorized).", body = super::openapi::ErrorBody),
-        (status = 503, description = "The store could not complete the request; nothing was changed by it (code store_unavailable).", body = super::openapi::ErrorBody),
     ),
 )]
 async fn list(
@@ -345,13 +337,7 @@ async fn list(
             .map_err(|e| ApiError::bad_request("unknown_outcome", e))?,
         running: q.running,
     };
-    let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > MAX_PAGE {
-        return Err(ApiError::bad_request(
-            "invalid_limit",
-            format!("limit must be between 1 and {MAX_PAGE}"),
-        ));
-    }
+    let limit = super::page_limit(q.limit)?;
     let after = match q.cursor.as_deref() {
         None | Some("") => None,
         Some(c) => Some(Cursor::decode(c).ok_or_else(|| {
@@ -361,19 +347,14 @@ async fn list(
             )
         })?),
     };
-    let mut page = state.store.list_watches(&filter, limit + 1, after).await?;
-    let next = if page.len() > limit as usize {
-        page.truncate(limit as usize);
-        page.last().map(|w| {
-            Cursor {
-                watched_at: w.watched_at,
-                wid: w.wid,
-            }
-            .encode()
-        })
-    } else {
-        None
-    };
+    let rows = state.store.list_watches(&filter, limit + 1, after).await?;
+    let (page, next) = super::one_page(rows, limit, |w| {
+        Cursor {
+            watched_at: w.watched_at,
+            wid: w.wid,
+        }
+        .encode()
+    });
     Ok(Json(json!({
         "jobs": page.iter().map(view::watch).collect::<Vec<_>>(),
         "next_cursor": next,
@@ -393,10 +374,8 @@ async fn list(
     responses(
         (status = 200, description = "The watch, now cancelled.", body = super::openapi::Watch),
         (status = 400, description = "Unknown kind or an id outside the allowed form (codes unknown_kind, invalid_id).", body = super::openapi::ErrorBody),
-        (status = 401, description = "api.token is set and the request lacks `Authorization: Bearer <api.token>` (code unauthorized).", body = super::openapi::ErrorBody),
         (status = 404, description = "No watch of this job (code watch_not_found).", body = super::openapi::ErrorBody),
         (status = 409, description = "The watch already ended (code already_ended).", body = super::openapi::ErrorBody),
-        (status = 503, description = "The store could not complete the request; nothing was changed by it (code store_unavailable).", body = super::openapi::ErrorBody),
     ),
 )]
 async fn cancel(

@@ -31,6 +31,36 @@ use crate::store::writer::Signals;
 use crate::store::DynStore;
 use error::ApiError;
 
+/// The largest page a listing (`GET /v1/jobs`, `GET /v1/deliveries`) gives.
+const MAX_PAGE: u32 = 1000;
+
+/// The page size a listing's `limit` asks for: 100 by default, 1 to [`MAX_PAGE`].
+fn page_limit(limit: Option<u32>) -> Result<u32, ApiError> {
+    let limit = limit.unwrap_or(100);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::bad_request(
+            "invalid_limit",
+            format!("limit must be between 1 and {MAX_PAGE}"),
+        ));
+    }
+    Ok(limit)
+}
+
+/// One page of a listing that read `limit + 1` rows: the first `limit`, and the
+/// `cursor` of the last of them when there is more (`None` on the last page).
+fn one_page<T, C>(
+    mut rows: Vec<T>,
+    limit: u32,
+    cursor: impl FnOnce(&T) -> C,
+) -> (Vec<T>, Option<C>) {
+    if rows.len() <= limit as usize {
+        return (rows, None);
+    }
+    rows.truncate(limit as usize);
+    let next = rows.last().map(cursor);
+    (rows, next)
+}
+
 /// What every handler may use.
 pub struct AppState {
     pub store: DynStore,

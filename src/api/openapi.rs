@@ -17,7 +17,7 @@ use axum::Router;
 use serde::{Deserialize, Serialize};
 use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaType, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
-use utoipa::openapi::RefOr;
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::{OpenApi, PartialSchema, ToSchema};
 
 use super::SharedState;
@@ -128,7 +128,8 @@ pub fn document(settings: &Settings) -> utoipa::openapi::OpenApi {
         }
     }
 
-    if settings.api.token.is_some() {
+    let token = settings.api.token.is_some();
+    if token {
         components.add_security_scheme(
             BEARER,
             SecurityScheme::Http(
@@ -138,32 +139,35 @@ pub fn document(settings: &Settings) -> utoipa::openapi::OpenApi {
                     .build(),
             ),
         );
-        let wanted = vec![SecurityRequirement::new(BEARER, Vec::<String>::new())];
-        for (path, item) in doc.paths.paths.iter_mut() {
-            if !path.starts_with("/v1/") {
-                continue;
-            }
-            for op in [
-                &mut item.get,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.put,
-                &mut item.patch,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                op.security = Some(wanted.clone());
-            }
+    }
+    // What every /v1 operation may answer besides its own: 503 when the store fails
+    // (unless the operation words it itself), and with a token the bearer scheme and
+    // the 401 of the guard in front of /v1 (without one nothing answers 401).
+    let wanted = vec![SecurityRequirement::new(BEARER, Vec::<String>::new())];
+    for (path, item) in doc.paths.paths.iter_mut() {
+        if !path.starts_with("/v1/") {
+            continue;
         }
-    } else {
-        // Without a token nothing answers 401: say so rather than promise it.
-        for item in doc.paths.paths.values_mut() {
-            for op in [&mut item.get, &mut item.post, &mut item.delete]
-                .into_iter()
-                .flatten()
-            {
-                op.responses.responses.remove("401");
+        for op in [
+            &mut item.get,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.put,
+            &mut item.patch,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let responses = &mut op.responses.responses;
+            responses.entry("503".to_string()).or_insert_with(|| {
+                error_response("The store could not complete the request; nothing was changed by it (code store_unavailable).")
+            });
+            if token {
+                op.security = Some(wanted.clone());
+                responses.insert(
+                    "401".to_string(),
+                    error_response("api.token is set and the request lacks `Authorization: Bearer <api.token>` (code unauthorized)."),
+                );
             }
         }
     }
@@ -182,6 +186,19 @@ pub fn document(settings: &Settings) -> utoipa::openapi::OpenApi {
         }
     }
     doc
+}
+
+/// An answer with the error body ([`ErrorBody`]).
+fn error_response(description: &str) -> RefOr<Response> {
+    ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build(),
+        )
+        .into()
 }
 
 pub fn routes() -> Router<SharedState> {

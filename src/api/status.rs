@@ -31,8 +31,6 @@ pub fn routes() -> Router<SharedState> {
     tag = "operations",
     responses(
         (status = 200, description = "The aggregate status.", body = super::openapi::StatusBody),
-        (status = 401, description = "api.token is set and the request lacks `Authorization: Bearer <api.token>` (code unauthorized).", body = super::openapi::ErrorBody),
-        (status = 503, description = "The store could not complete the request; nothing was changed by it (code store_unavailable).", body = super::openapi::ErrorBody),
     ),
 )]
 async fn status(State(state): State<SharedState>) -> ApiResult<Json<Value>> {
@@ -115,8 +113,6 @@ struct DeliveriesQuery {
     responses(
         (status = 200, description = "One page; `next_cursor` is null on the last.", body = super::openapi::DeliveryPage),
         (status = 400, description = "A filter is not allowed (codes invalid_query, unknown_status, invalid_limit).", body = super::openapi::ErrorBody),
-        (status = 401, description = "api.token is set and the request lacks `Authorization: Bearer <api.token>` (code unauthorized).", body = super::openapi::ErrorBody),
-        (status = 503, description = "The store could not complete the request; nothing was changed by it (code store_unavailable).", body = super::openapi::ErrorBody),
     ),
 )]
 async fn list_deliveries(
@@ -133,23 +129,12 @@ async fn list_deliveries(
             )
         })?),
     };
-    let limit = q.limit.unwrap_or(100);
-    if limit == 0 || limit > 1000 {
-        return Err(ApiError::bad_request(
-            "invalid_limit",
-            "limit must be between 1 and 1000",
-        ));
-    }
-    let mut page = state
+    let limit = super::page_limit(q.limit)?;
+    let rows = state
         .store
         .list_deliveries(status, limit + 1, q.cursor)
         .await?;
-    let next = if page.len() > limit as usize {
-        page.truncate(limit as usize);
-        page.last().map(|d| d.did)
-    } else {
-        None
-    };
+    let (page, next) = super::one_page(rows, limit, |d| d.did);
     Ok(Json(json!({
         "deliveries": page.iter().map(view::delivery).collect::<Vec<_>>(),
         "next_cursor": next,
@@ -174,9 +159,7 @@ fn parse_delivery_id(raw: &str) -> ApiResult<i64> {
     responses(
         (status = 200, description = "The delivery and its attempts.", body = super::openapi::DeliveryDetail),
         (status = 400, description = "The id is not a number (code invalid_delivery_id).", body = super::openapi::ErrorBody),
-        (status = 401, description = "api.token is set and the request lacks `Authorization: Bearer <api.token>` (code unauthorized).", body = super::openapi::ErrorBody),
         (status = 404, description = "No such delivery (code delivery_not_found).", body = super::openapi::ErrorBody),
-        (status = 503, description = "The store could not complete the request; nothing was changed by it (code store_unavailable).", body = super::openapi::ErrorBody),
     ),
 )]
 async fn show_delivery(
@@ -218,10 +201,8 @@ async fn show_delivery(
     responses(
         (status = 202, description = "Queued again.", body = super::openapi::Delivery),
         (status = 400, description = "The id is not a number (code invalid_delivery_id).", body = super::openapi::ErrorBody),
-        (status = 401, description = "api.token is set and the request lacks `Authorization: Bearer <api.token>` (code unauthorized).", body = super::openapi::ErrorBody),
         (status = 404, description = "No such delivery (code delivery_not_found).", body = super::openapi::ErrorBody),
         (status = 409, description = "Only dead or gone deliveries can be sent again (code not_retryable).", body = super::openapi::ErrorBody),
-        (status = 503, description = "The store could not complete the request; nothing was changed by it (code store_unavailable).", body = super::openapi::ErrorBody),
     ),
 )]
 async fn retry_delivery(
