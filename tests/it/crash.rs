@@ -18,7 +18,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
-use crate::helpers::Sim;
+use crate::helpers::{answer, Sim};
 use crate::receiver::{Plan, Received, TestReceiver};
 
 /// A TOML configuration for `jobwatch serve --config`: the store, the simulator
@@ -307,14 +307,8 @@ impl Proc {
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self
-            .client
-            .get(format!("{}{path}", self.url))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+        let request = self.client.get(format!("{}{path}", self.url));
+        answer(request, &format!("GET {path}")).await
     }
 
     /// Every watch, through the paginated listing.

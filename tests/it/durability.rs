@@ -317,6 +317,30 @@ async fn post_and_claim(
 }
 
 /// `w`'s result after a poll that found it `RUNNING`: its `n`th poll, the next at `next`.
+/// Applies the `n`th poll of each of `claimed`, answered RUNNING with the next poll
+/// at `next`; each must be applied.
+async fn apply_running(
+    store: &SqliteStore,
+    claimed: &[jobwatch::store::WatchRecord],
+    n: i64,
+    next: i64,
+) {
+    let updates: Vec<WatchUpdate> = claimed.iter().map(|w| running_result(w, n, next)).collect();
+    assert_eq!(
+        store.apply_watch_updates(&updates).await.unwrap(),
+        vec![true; claimed.len()]
+    );
+}
+
+/// The copy watch `id` as the store shows it.
+async fn watch_of(store: &SqliteStore, id: &str) -> jobwatch::store::WatchRecord {
+    store
+        .get_watch(Kind::COPY, id)
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("no watch {id}"))
+}
+
 fn running_result(w: &jobwatch::store::WatchRecord, n: i64, next: i64) -> WatchUpdate {
     let mut r = w.clone();
     r.state = Some("RUNNING".into());
@@ -420,6 +444,54 @@ async fn refuses(url: &str) -> bool {
     tokio::net::TcpStream::connect(addr).await.is_err()
 }
 
+/// A daemon process (its config in `config`, its store in `db`) whose one delivery
+/// is in flight to `rx`.
+struct InFlight {
+    proc: Proc,
+    rx: TestReceiver,
+    config: std::path::PathBuf,
+    db: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts a daemon process on `sim` (`configure` adds to its config) and posts copy
+/// job `id` with a webhook to a receiver that answers after `answer_after`; returns
+/// once that delivery is in flight.
+async fn delivery_in_flight(
+    sim: &Sim,
+    id: &str,
+    answer_after: Duration,
+    configure: impl FnOnce(&mut ConfigFile),
+) -> InFlight {
+    let secret = SigningSecret::generate();
+    let rx = TestReceiver::start(Some(secret.clone())).await;
+    rx.respond_with(Plan::Slow(answer_after));
+    let (dir, db) = temp_db();
+    let mut cfg = ConfigFile::new(&db, &sim.url);
+    cfg.set("webhooks", "signing_secret", &secret.to_whsec())
+        .raw("webhooks", "allow_private_targets = true");
+    configure(&mut cfg);
+    let config = cfg.write(&dir.path().join("jobwatch.toml"));
+    let proc = Proc::start(&config).await;
+
+    let (s, b) = proc
+        .post_jobs(&json!({"kind": "copy", "ids": [id], "webhook_url": rx.url}))
+        .await
+        .unwrap();
+    assert_eq!(s, 202, "{b}");
+    eventually(Duration::from_secs(10), "a delivery in flight", || async {
+        rx.received().iter().any(|r| r.status == 0)
+    })
+    .await;
+    InFlight {
+        proc,
+        rx,
+        config,
+        db,
+        _dir: dir,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_in_flight_polls_and_deliveries_finish_commits_them_and_exits_0() {
     // Every poll takes 1.5 s to answer; the receiver takes 2.5 s.
@@ -429,24 +501,10 @@ async fn sigterm_lets_in_flight_polls_and_deliveries_finish_commits_them_and_exi
         ..Sim::fast()
     })
     .await;
-    let secret = SigningSecret::generate();
-    let rx = TestReceiver::start(Some(secret.clone())).await;
-    rx.respond_with(Plan::Slow(Duration::from_millis(2500)));
-    let (dir, db) = temp_db();
-    let mut cfg = ConfigFile::new(&db, &sim.url);
-    cfg.set("api", "shutdown_grace", "8s")
-        .set("webhooks", "signing_secret", &secret.to_whsec())
-        .raw("webhooks", "allow_private_targets = true");
-    let config = cfg.write(&dir.path().join("jobwatch.toml"));
-    let mut proc = Proc::start(&config).await;
-
-    let (s, b) = proc
-        .post_jobs(&json!({"kind": "copy", "ids": ["succeed-term"], "webhook_url": rx.url}))
-        .await
-        .unwrap();
-    assert_eq!(s, 202, "{b}");
-    eventually(Duration::from_secs(10), "a delivery in flight", || async {
-        rx.received().iter().any(|r| r.status == 0)
+    let InFlight {
+        mut proc, rx, db, ..
+    } = delivery_in_flight(&sim, "succeed-term", Duration::from_millis(2500), |cfg| {
+        cfg.set("api", "shutdown_grace", "8s");
     })
     .await;
     let (s, b) = proc
@@ -511,25 +569,15 @@ async fn sigterm_lets_in_flight_polls_and_deliveries_finish_commits_them_and_exi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_past_the_grace_exits_0_and_the_cut_delivery_is_sent_after_restart() {
     let sim = Sim::start(Sim::fast()).await;
-    let secret = SigningSecret::generate();
-    let rx = TestReceiver::start(Some(secret.clone())).await;
-    rx.respond_with(Plan::Slow(Duration::from_secs(20)));
-    let (dir, db) = temp_db();
-    let mut cfg = ConfigFile::new(&db, &sim.url);
-    cfg.set("api", "shutdown_grace", "500ms")
-        .set("webhooks", "signing_secret", &secret.to_whsec())
-        .set("webhooks", "request_timeout", "30s")
-        .raw("webhooks", "allow_private_targets = true");
-    let config = cfg.write(&dir.path().join("jobwatch.toml"));
-    let mut proc = Proc::start(&config).await;
-
-    let (s, b) = proc
-        .post_jobs(&json!({"kind": "copy", "ids": ["succeed-int"], "webhook_url": rx.url}))
-        .await
-        .unwrap();
-    assert_eq!(s, 202, "{b}");
-    eventually(Duration::from_secs(10), "a delivery in flight", || async {
-        rx.received().iter().any(|r| r.status == 0)
+    let InFlight {
+        mut proc,
+        rx,
+        db,
+        config,
+        ..
+    } = delivery_in_flight(&sim, "succeed-int", Duration::from_secs(20), |cfg| {
+        cfg.set("api", "shutdown_grace", "500ms")
+            .set("webhooks", "request_timeout", "30s");
     })
     .await;
     let signalled = Instant::now();
@@ -989,20 +1037,9 @@ async fn running_results_are_shown_at_once_and_written_at_the_checkpoint() {
             .is_empty(),
         "claimed watches are not claimed twice"
     );
-    let first: Vec<WatchUpdate> = claimed
-        .iter()
-        .map(|w| running_result(w, 1, t0 + 2000))
-        .collect();
-    assert_eq!(
-        store.apply_watch_updates(&first).await.unwrap(),
-        vec![true, true]
-    );
+    apply_running(&store, &claimed, 1, t0 + 2000).await;
     // Shown at once and counted by state, but held in memory like bookkeeping...
-    let shown = store
-        .get_watch(Kind::COPY, "book-0")
-        .await
-        .unwrap()
-        .unwrap();
+    let shown = watch_of(&store, "book-0").await;
     assert_eq!(
         (shown.state.as_deref(), shown.poll_count),
         (Some("RUNNING"), 1)
@@ -1041,19 +1078,8 @@ async fn running_results_are_shown_at_once_and_written_at_the_checkpoint() {
         .unwrap();
     assert_eq!(claimed.len(), 2);
     assert_eq!(claimed[0].poll_count, 1);
-    let second: Vec<WatchUpdate> = claimed
-        .iter()
-        .map(|w| running_result(w, 2, t0 + 5000))
-        .collect();
-    assert_eq!(
-        store.apply_watch_updates(&second).await.unwrap(),
-        vec![true, true]
-    );
-    let shown = store
-        .get_watch(Kind::COPY, "book-0")
-        .await
-        .unwrap()
-        .unwrap();
+    apply_running(&store, &claimed, 2, t0 + 5000).await;
+    let shown = watch_of(&store, "book-0").await;
     assert_eq!((shown.poll_count, shown.next_poll_at), (2, Some(t0 + 5000)));
     assert_eq!(
         count(&mut conn, &file_polls("book-0")).await,

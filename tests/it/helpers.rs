@@ -131,37 +131,18 @@ impl App {
     }
 
     pub async fn post_jobs(&self, body: Value) -> (u16, Value) {
-        let r = self
-            .client
-            .post(format!("{}/v1/jobs", self.url))
-            .json(&body)
-            .send()
-            .await
-            .expect("POST /v1/jobs");
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+        let request = self.client.post(format!("{}/v1/jobs", self.url));
+        answer(request.json(&body), "POST /v1/jobs").await
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self
-            .client
-            .get(format!("{}{path}", self.url))
-            .send()
-            .await
-            .expect("GET");
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+        let request = self.client.get(format!("{}{path}", self.url));
+        answer(request, &format!("GET {path}")).await
     }
 
     pub async fn delete(&self, path: &str) -> (u16, Value) {
-        let r = self
-            .client
-            .delete(format!("{}{path}", self.url))
-            .send()
-            .await
-            .expect("DELETE");
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+        let request = self.client.delete(format!("{}{path}", self.url));
+        answer(request, &format!("DELETE {path}")).await
     }
 
     /// The watch once it has an outcome (long-polls), or panics after `secs`.
@@ -208,4 +189,34 @@ pub fn temp_db() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("jobwatch.db");
     (dir, db)
+}
+
+/// Sends `request`: the answer's status and JSON body (null when the body is not
+/// JSON). Panics, naming `what`, when no answer comes.
+pub async fn answer(request: reqwest::RequestBuilder, what: &str) -> (u16, Value) {
+    let r = request
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Polls `f` every 50 ms until it returns `Ok`, or panics with `what` and the last
+/// `Err` after `secs`.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(last) if tokio::time::Instant::now() >= deadline => {
+                panic!("{what}: not within {secs}s; last seen: {last}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
 }

@@ -85,24 +85,6 @@ impl Hooks {
     }
 }
 
-/// Polls `f` every 50 ms until it returns `Ok`, or panics with `what` and the last `Err`.
-async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, String>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        match f().await {
-            Ok(v) => return v,
-            Err(last) if Instant::now() >= deadline => {
-                panic!("{what}: not within {secs}s; last seen: {last}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-}
-
 /// The deliveries `GET /v1/jobs/{kind}/{id}` lists, once `ready` holds for them.
 async fn deliveries_when(
     app: &App,
@@ -504,14 +486,10 @@ async fn an_exhausted_schedule_ends_dead_and_redelivery_works() {
 }
 
 async fn retry(app: &App, id: &str) -> (u16, Value) {
-    let r = app
+    let request = app
         .client
-        .post(format!("{}/v1/deliveries/{id}/retry", app.url))
-        .send()
-        .await
-        .expect("POST retry");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+        .post(format!("{}/v1/deliveries/{id}/retry", app.url));
+    answer(request, "POST retry").await
 }
 
 #[tokio::test]
