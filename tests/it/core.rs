@@ -27,8 +27,7 @@ fn now_ms() -> i64 {
 #[tokio::test]
 async fn a_successful_job_ends_succeeded() {
     let sim = Sim::start(Sim::fast()).await;
-    let (_dir, db) = temp_db();
-    let app = App::start(settings(&db, &sim.url, &[])).await;
+    let (_dir, app) = start_app(&sim.url, &[]).await;
     let (status, body) = app
         .post_jobs(json!({"kind": "copy", "ids": ["succeed-1"]}))
         .await;
@@ -43,8 +42,7 @@ async fn a_successful_job_ends_succeeded() {
 #[tokio::test]
 async fn every_upstream_behaviour_ends_in_its_outcome() {
     let sim = Sim::start(Sim::fast()).await;
-    let (_dir, db) = temp_db();
-    let app = App::start(settings(&db, &sim.url, &[])).await;
+    let (_dir, app) = start_app(&sim.url, &[]).await;
     // (id prefix, outcome, state, upstream errors non-empty)
     let table: [(&str, &str, Option<&str>, bool); 8] = [
         ("succeed", "succeeded", Some("SUCCESS"), false),
@@ -119,8 +117,7 @@ async fn wait_returns_as_soon_as_the_outcome_is_set() {
         ..Sim::fast()
     })
     .await;
-    let (_dir, db) = temp_db();
-    let app = App::start(settings(&db, &sim.url, &[])).await;
+    let (_dir, app) = start_app(&sim.url, &[]).await;
     let (status, _) = app
         .post_jobs(json!({"kind": "copy", "ids": ["succeed-w", "running-w"]}))
         .await;
@@ -307,15 +304,13 @@ async fn list_filters_and_cursors_page_through_1000_watches() {
 #[tokio::test]
 async fn bad_input_gets_its_status_and_code_and_stores_nothing() {
     let sim = Sim::start(Sim::fast()).await;
-    let (_dir, db) = temp_db();
-    let app = App::start(settings(
-        &db,
+    let (_dir, app) = start_app(
         &sim.url,
         &[
             ("api.max_ids_per_request", "5"),
             ("api.max_body_bytes", "4096"),
         ],
-    ))
+    )
     .await;
     let long = "a".repeat(257);
     let pad = "x".repeat(5000);
@@ -575,8 +570,7 @@ async fn reposting_an_ended_watch_starts_a_new_generation_with_its_own_event() {
 #[tokio::test]
 async fn delete_cancels_a_running_watch_and_only_that() {
     let sim = Sim::start(Sim::fast()).await;
-    let (_dir, db) = temp_db();
-    let app = App::start(settings(&db, &sim.url, &[])).await;
+    let (_dir, app) = start_app(&sim.url, &[]).await;
     let (status, _) = app
         .post_jobs(json!({"kind": "delete", "ids": ["running-c", "succeed-c"]}))
         .await;
@@ -621,8 +615,7 @@ async fn delete_cancels_a_running_watch_and_only_that() {
 #[tokio::test]
 async fn percent_encoded_ids_work_end_to_end() {
     let sim = Sim::start(Sim::fast()).await;
-    let (_dir, db) = temp_db();
-    let app = App::start(settings(&db, &sim.url, &[])).await;
+    let (_dir, app) = start_app(&sim.url, &[]).await;
     let ids = ["myorg:my-product", "succeed-myorg:prod.v_2"];
     let (status, body) = app.post_jobs(json!({"kind": "copy", "ids": ids})).await;
     assert_eq!(status, 202, "{body}");
@@ -651,8 +644,7 @@ async fn percent_encoded_ids_work_end_to_end() {
 #[tokio::test]
 async fn an_unknown_kind_in_the_path_is_400() {
     let sim = Sim::start(Sim::fast()).await;
-    let (_dir, db) = temp_db();
-    let app = App::start(settings(&db, &sim.url, &[])).await;
+    let (_dir, app) = start_app(&sim.url, &[]).await;
     let (status, body) = app.get("/v1/jobs/upload/x").await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["code"], "unknown_kind");
@@ -667,8 +659,7 @@ async fn an_unknown_kind_in_the_path_is_400() {
 #[tokio::test]
 async fn api_token_guards_every_v1_route() {
     let sim = Sim::start(Sim::fast()).await;
-    let (_dir, db) = temp_db();
-    let app = App::start(settings(&db, &sim.url, &[("api.token", "s3cret-token")])).await;
+    let (_dir, app) = start_app(&sim.url, &[("api.token", "s3cret-token")]).await;
     let post = |auth: Option<&str>| {
         let mut r = app
             .client

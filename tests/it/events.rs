@@ -87,8 +87,7 @@ async fn post(app: &App, body: Value) {
 #[tokio::test]
 async fn outcomes_arrive_in_order_with_the_webhook_body_and_a_durable_position() {
     let sim = Sim::start(Sim::fast()).await;
-    let (_dir, db) = temp_db();
-    let app = App::start(settings(&db, &sim.url, &[])).await;
+    let (_dir, app) = start_app(&sim.url, &[]).await;
     let mut stream = Stream::open(&app, "", None).await;
     // No webhook target anywhere: every outcome is in the stream all the same.
     post(
@@ -268,8 +267,7 @@ async fn a_client_that_stops_reading_is_cut_off_within_the_write_stall_timeout()
 #[tokio::test]
 async fn state_changes_come_when_asked_without_an_id_and_filters_by_kind_work() {
     let sim = Sim::start(Sim::fast()).await;
-    let (_dir, db) = temp_db();
-    let app = App::start(settings(&db, &sim.url, &[])).await;
+    let (_dir, app) = start_app(&sim.url, &[]).await;
     let mut states = Stream::open(&app, "?types=job.state_changed&kind=delete", None).await;
     let mut deletes = Stream::open(&app, "?kind=delete&types=job.succeeded,job.failed", None).await;
     post(
@@ -326,8 +324,7 @@ async fn state_changes_come_when_asked_without_an_id_and_filters_by_kind_work() 
 #[tokio::test]
 async fn bad_filters_and_last_event_ids_get_a_clear_400() {
     let sim = Sim::start(Sim::fast()).await;
-    let (_dir, db) = temp_db();
-    let app = App::start(settings(&db, &sim.url, &[])).await;
+    let (_dir, app) = start_app(&sim.url, &[]).await;
     for (query, last_event_id, code) in [
         ("?types=job.exploded", None, "unknown_type"),
         ("?types=job.succeeded,,bogus", None, "unknown_type"),
@@ -356,8 +353,7 @@ async fn bad_filters_and_last_event_ids_get_a_clear_400() {
 #[tokio::test]
 async fn the_stream_wants_the_api_token_when_one_is_set() {
     let sim = Sim::start(Sim::fast()).await;
-    let (_dir, db) = temp_db();
-    let app = App::start(settings(&db, &sim.url, &[("api.token", "s3cret-token")])).await;
+    let (_dir, app) = start_app(&sim.url, &[("api.token", "s3cret-token")]).await;
     let url = format!("{}/v1/events", app.url);
     for auth in [None, Some("Bearer wrong"), Some("s3cret-token")] {
         let mut req = app.client.get(&url);

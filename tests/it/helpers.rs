@@ -220,3 +220,11 @@ where
         }
     }
 }
+
+/// A daemon with the [`settings`] for `upstream` and `extra`, on a fresh temporary
+/// store; the store's directory lives as long as the returned guard.
+pub async fn start_app(upstream: &str, extra: &[(&str, &str)]) -> (tempfile::TempDir, App) {
+    let (dir, db) = temp_db();
+    let app = App::start(settings(&db, upstream, extra)).await;
+    (dir, app)
+}

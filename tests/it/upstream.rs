@@ -219,15 +219,13 @@ async fn polls_of_2000_watches_stay_within_the_rate_and_burst_in_every_second() 
     const RATE: f64 = 200.0;
     const BURST: usize = 20;
     let sim = OwnSim::start(Sim::fast());
-    let (_dir, db) = temp_db();
-    let app = App::start(settings(
-        &db,
+    let (_dir, app) = start_app(
         &sim.url,
         &[
             ("upstream.max_requests_per_second", "200"),
             ("upstream.burst", "20"),
         ],
-    ))
+    )
     .await;
     // `running-` jobs never end: 2,000 of them at a 100..400 ms cadence want far
     // more than the budget, so the daemon runs at its limit the whole time.
@@ -285,15 +283,13 @@ async fn no_request_arrives_inside_a_retry_after_pause(form: RetryAfterForm) {
         retry_after_form: form,
         ..Sim::fast()
     });
-    let (_dir, db) = temp_db();
-    let app = App::start(settings(
-        &db,
+    let (_dir, app) = start_app(
         &sim.url,
         &[
             ("upstream.max_requests_per_second", "150"),
             ("upstream.burst", "5"),
         ],
-    ))
+    )
     .await;
     let succeed = ids("succeed-", 40);
     let failed = ids("failed-", 20);
@@ -407,13 +403,7 @@ async fn every_watch_ends_right_through_5xx_malformed_dropped_and_slow_answers()
         slow_delay: Duration::from_millis(1000),
         ..Sim::fast()
     });
-    let (_dir, db) = temp_db();
-    let app = App::start(settings(
-        &db,
-        &sim.url,
-        &[("upstream.request_timeout", "300ms")],
-    ))
-    .await;
+    let (_dir, app) = start_app(&sim.url, &[("upstream.request_timeout", "300ms")]).await;
     let expected = [
         ("succeed-", "succeeded"),
         ("done-", "succeeded"),
@@ -493,15 +483,13 @@ async fn a_401_phase_pauses_polling_and_recovers_by_itself() {
         max_running: Duration::from_millis(1500),
         ..Sim::fast()
     });
-    let (_dir, db) = temp_db();
-    let app = App::start(settings(
-        &db,
+    let (_dir, app) = start_app(
         &sim.url,
         &[
             ("upstream.token", "good-token"),
             ("upstream.auth_probe_interval", "300ms"),
         ],
-    ))
+    )
     .await;
     let all = ids("succeed-", 100);
     post(&app, "copy", &all, json!({})).await;
@@ -631,8 +619,7 @@ async fn deadlines_fire_on_time_while_the_upstream_is_unreachable() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr")
     };
-    let (_dir, db) = temp_db();
-    let app = App::start(settings(&db, &format!("http://{closed}"), &[])).await;
+    let (_dir, app) = start_app(&format!("http://{closed}"), &[]).await;
     let watches = deadlines_fire_on_time(&app, "upstream unreachable").await;
     app.stop().await;
     assert!(
@@ -653,8 +640,7 @@ async fn deadlines_fire_on_time_during_a_long_retry_after_pause() {
         rate_burst: Some(1),
         ..Sim::fast()
     });
-    let (_dir, db) = temp_db();
-    let app = App::start(settings(&db, &sim.url, &[])).await;
+    let (_dir, app) = start_app(&sim.url, &[]).await;
     deadlines_fire_on_time(&app, "paused by Retry-After").await;
     let health = upstream_health(&app).await;
     app.stop().await;
@@ -677,15 +663,13 @@ async fn deadlines_fire_on_time_while_the_credentials_are_rejected() {
         token: Some("right".into()),
         ..Sim::fast()
     });
-    let (_dir, db) = temp_db();
-    let app = App::start(settings(
-        &db,
+    let (_dir, app) = start_app(
         &sim.url,
         &[
             ("upstream.token", "wrong"),
             ("upstream.auth_probe_interval", "5s"),
         ],
-    ))
+    )
     .await;
     deadlines_fire_on_time(&app, "credentials rejected").await;
     assert_eq!(readyz(&app).await, 503);
@@ -813,9 +797,7 @@ async fn a_429_without_retry_after_lowers_the_rate_which_recovers_step_by_step()
         retry_after_form: RetryAfterForm::None,
         ..Sim::fast()
     });
-    let (_dir, db) = temp_db();
-    let app = App::start(settings(
-        &db,
+    let (_dir, app) = start_app(
         &sim.url,
         &[
             ("upstream.max_requests_per_second", "200"),
@@ -823,7 +805,7 @@ async fn a_429_without_retry_after_lowers_the_rate_which_recovers_step_by_step()
             ("upstream.rate_recovery_step", "200ms"),
             ("upstream.max_retry_after", "2s"),
         ],
-    ))
+    )
     .await;
     // A flood that overruns the simulator, then a light load (3 watches polled at
     // most every 400 ms, below any rate the daemon falls to) that keeps answers coming.
