@@ -1,8 +1,9 @@
 # Shared by .ci/schemathesis.sh and tests/browser/run.sh, which each run a real
 # daemon for an outside checker: a work directory removed on exit (kept when the
 # variable named by $2 is set), the processes started into `pids` stopped on exit
-# (with the daemon's log on a failure), free loopback ports, the binary, and the
-# wait for /readyz. Usage, from the repository's root: `source .ci/lib.sh NAME KEEP_VAR`.
+# (with the daemon's log on a failure), free loopback ports, the binary, starting
+# the simulator and the daemon, and the wait for /readyz. Usage, from the
+# repository's root: `source .ci/lib.sh NAME KEEP_VAR`.
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/jobwatch-$1.XXXXXX")"
 keep_var="$2"
@@ -47,4 +48,21 @@ wait_ready() {
     sleep 0.1
   done
   curl -fsS "$1/readyz" >/dev/null
+}
+
+# Start `jobwatch simulate` on $sim_port, its jobs running $1 to $2 (log in $work).
+start_simulator() {
+  "$JOBWATCH_BIN" simulate --listen "127.0.0.1:$sim_port" \
+    --min-running "$1" --max-running "$2" >"$work/simulate.log" 2>&1 &
+  pids+=($!)
+}
+
+# Start `jobwatch serve` on $work/jobwatch.toml (its API on $api_port), with the
+# environment's NAME=VALUE pairs given as arguments, and wait until it is ready;
+# sets $base to its URL.
+start_daemon() {
+  env "$@" "$JOBWATCH_BIN" serve --config "$work/jobwatch.toml" >"$work/serve.log" 2>&1 &
+  pids+=($!)
+  base="http://127.0.0.1:$api_port"
+  wait_ready "$base"
 }

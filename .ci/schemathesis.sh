@@ -52,9 +52,7 @@ api_port="$(free_port)"
 dead_port="$(free_port)" # nothing listens here: the deliveries' proxy
 token="schemathesis-$RANDOM$RANDOM"
 
-"$JOBWATCH_BIN" simulate --listen "127.0.0.1:$sim_port" \
-  --min-running 10m --max-running 20m >"$work/simulate.log" 2>&1 &
-pids+=($!)
+start_simulator 10m 20m
 
 cat >"$work/jobwatch.toml" <<EOF
 [api]
@@ -88,15 +86,11 @@ retry_schedule = ["1s", "2s"]
 level = "warn"
 EOF
 
-HTTP_PROXY="http://127.0.0.1:$dead_port" HTTPS_PROXY="http://127.0.0.1:$dead_port" \
+start_daemon \
+  HTTP_PROXY="http://127.0.0.1:$dead_port" HTTPS_PROXY="http://127.0.0.1:$dead_port" \
   ALL_PROXY="http://127.0.0.1:$dead_port" NO_PROXY="127.0.0.1,localhost" \
   http_proxy="http://127.0.0.1:$dead_port" https_proxy="http://127.0.0.1:$dead_port" \
-  all_proxy="http://127.0.0.1:$dead_port" no_proxy="127.0.0.1,localhost" \
-  "$JOBWATCH_BIN" serve --config "$work/jobwatch.toml" >"$work/serve.log" 2>&1 &
-pids+=($!)
-
-base="http://127.0.0.1:$api_port"
-wait_ready "$base"
+  all_proxy="http://127.0.0.1:$dead_port" no_proxy="127.0.0.1,localhost"
 
 echo "schemathesis $("${st[@]}" --version | awk '{print $NF}') against $base/openapi.json: $max_examples examples per operation, seed $seed"
 # From the temporary directory: schemathesis keeps a cache (.schemathesis/) where it runs.

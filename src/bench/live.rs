@@ -57,39 +57,42 @@ fn policies(settings: &Settings, scale: f64) -> Vec<(&'static str, Vec<(String, 
     let p = &settings.poller;
     let kv = |k: &str, v: String| (k.to_string(), v);
     let fixed = setting(Duration::from_secs(5), scale);
+    let cadence = |policy: &str, initial: String, max: String, more: Vec<(String, String)>| {
+        let mut kvs = vec![
+            kv("poller.cadence", policy.into()),
+            kv("poller.initial_interval", initial),
+            kv("poller.max_interval", max),
+        ];
+        kvs.extend(more);
+        kvs
+    };
+    let initial = setting(p.initial_interval, scale);
+    let max = setting(p.max_interval, scale);
     vec![
         (
             "fixed 5s",
-            vec![
-                kv("poller.cadence", "backoff".into()),
-                kv("poller.initial_interval", fixed.clone()),
-                kv("poller.max_interval", fixed),
-                kv("poller.growth", "1.0".into()),
-                kv("poller.jitter", "0.0".into()),
-            ],
+            cadence(
+                "backoff",
+                fixed.clone(),
+                fixed,
+                vec![
+                    kv("poller.growth", "1.0".into()),
+                    kv("poller.jitter", "0.0".into()),
+                ],
+            ),
         ),
         (
             "backoff",
-            vec![
-                kv("poller.cadence", "backoff".into()),
-                kv(
-                    "poller.initial_interval",
-                    setting(p.initial_interval, scale),
-                ),
-                kv("poller.max_interval", setting(p.max_interval, scale)),
-            ],
+            cadence("backoff", initial.clone(), max.clone(), vec![]),
         ),
         (
             "learned",
-            vec![
-                kv("poller.cadence", "learned".into()),
-                kv(
-                    "poller.initial_interval",
-                    setting(p.initial_interval, scale),
-                ),
-                kv("poller.max_interval", setting(p.max_interval, scale)),
-                kv("poller.poll_price", setting(p.poll_price, scale)),
-            ],
+            cadence(
+                "learned",
+                initial,
+                max,
+                vec![kv("poller.poll_price", setting(p.poll_price, scale))],
+            ),
         ),
     ]
 }

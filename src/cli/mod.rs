@@ -127,6 +127,32 @@ impl CliError {
 /// `--kind` on the command line: a kind's name, checked by [`resolve_kind`].
 pub type KindArg = String;
 
+/// The daemon, the kind and the ids a command about some jobs (`watch`, `wait`) names.
+#[derive(clap::Args, Debug)]
+pub struct JobsArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+
+    /// Job ids; `-` reads whitespace-separated ids from standard input.
+    #[arg(required = true, value_name = "ID")]
+    pub ids: Vec<String>,
+
+    /// The jobs' kind: copy or delete (Vector), or a kind of `[[upstreams]]`.
+    #[arg(long, value_parser = parse_kind)]
+    pub kind: KindArg,
+}
+
+impl JobsArgs {
+    /// A client of the daemon, the kind resolved, the ids read (from standard input
+    /// for `-`, each once).
+    pub async fn open(&self) -> Result<(Client, Kind, Vec<String>), CliError> {
+        let ids = collect_ids(&self.ids)?;
+        let client = Client::new(&self.server)?;
+        let kind = resolve_kind(&client, &self.kind).await?;
+        Ok((client, kind, ids))
+    }
+}
+
 /// A kind's name as the settings allow it (the daemon says which are configured).
 pub fn parse_kind(s: &str) -> Result<String, String> {
     crate::model::check_kind_name(s)?;

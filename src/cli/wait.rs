@@ -16,24 +16,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::sse::EventStream;
 use super::watch::{describe, post_all, PostOptions};
-use super::{
-    code, collect_ids, most_severe, outcome_code, parse_duration, CliError, Client, KindArg,
-    ServerArgs,
-};
+use super::{code, most_severe, outcome_code, parse_duration, CliError, JobsArgs};
 use crate::model::{Kind, Outcome};
 
 #[derive(clap::Args, Debug)]
 pub struct WaitArgs {
     #[command(flatten)]
-    pub server: ServerArgs,
-
-    /// Job ids; `-` reads whitespace-separated ids from standard input.
-    #[arg(required = true, value_name = "ID")]
-    pub ids: Vec<String>,
-
-    /// The jobs' kind: copy or delete (Vector), or a kind of `[[upstreams]]`.
-    #[arg(long, value_parser = super::parse_kind)]
-    pub kind: KindArg,
+    pub jobs: JobsArgs,
 
     /// Stop waiting after this long (30s, 10m...); ids without an outcome then count as
     /// timed out (exit 2). Their watches go on in the daemon. Default: wait until they end.
@@ -87,9 +76,7 @@ impl Ended {
 }
 
 pub async fn wait(args: WaitArgs) -> Result<u8, CliError> {
-    let ids = collect_ids(&args.ids)?;
-    let client = Client::new(&args.server)?;
-    let kind: Kind = super::resolve_kind(&client, &args.kind).await?;
+    let (client, kind, ids) = args.jobs.open().await?;
     let deadline = args.timeout.map(|t| Instant::now() + t);
     if args.watch {
         let posted = post_all(

@@ -5,21 +5,13 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
-use super::{code, collect_ids, parse_duration, CliError, Client, KindArg, ServerArgs};
+use super::{code, parse_duration, CliError, Client, JobsArgs};
 use crate::model::Kind;
 
 #[derive(clap::Args, Debug)]
 pub struct WatchArgs {
     #[command(flatten)]
-    pub server: ServerArgs,
-
-    /// Job ids; `-` reads whitespace-separated ids from standard input.
-    #[arg(required = true, value_name = "ID")]
-    pub ids: Vec<String>,
-
-    /// The jobs' kind: copy or delete (Vector), or a kind of `[[upstreams]]`.
-    #[arg(long, value_parser = super::parse_kind)]
-    pub kind: KindArg,
+    pub jobs: JobsArgs,
 
     /// Webhook URL that gets each watch's outcome (the daemon signs it with its
     /// webhooks.signing_secret).
@@ -111,9 +103,7 @@ pub async fn post_all(
 }
 
 pub async fn watch(args: WatchArgs) -> Result<u8, CliError> {
-    let ids = collect_ids(&args.ids)?;
-    let client = Client::new(&args.server)?;
-    let kind: Kind = super::resolve_kind(&client, &args.kind).await?;
+    let (client, kind, ids) = args.jobs.open().await?;
     let posted = post_all(
         &client,
         kind,

@@ -29,9 +29,7 @@ api_port="$(free_port)"
 dead_port="$(free_port)" # nothing listens here: deliveries to it end dead
 token="browser-$RANDOM$RANDOM"
 
-"$JOBWATCH_BIN" simulate --listen "127.0.0.1:$sim_port" \
-  --min-running 1s --max-running 3s >"$work/simulate.log" 2>&1 &
-pids+=($!)
+start_simulator 1s 3s
 
 cat >"$work/jobwatch.toml" <<EOF
 [api]
@@ -61,11 +59,7 @@ retry_schedule = ["200ms"]
 level = "warn"
 EOF
 
-"$JOBWATCH_BIN" serve --config "$work/jobwatch.toml" >"$work/serve.log" 2>&1 &
-pids+=($!)
-
-base="http://127.0.0.1:$api_port"
-wait_ready "$base"
+start_daemon
 
 shot=()
 if [ -n "${SCREENSHOT:-}" ]; then
