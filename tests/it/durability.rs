@@ -444,8 +444,8 @@ async fn refuses(url: &str) -> bool {
     tokio::net::TcpStream::connect(addr).await.is_err()
 }
 
-/// A daemon process (its config in `config`, its store in `db`) whose one delivery
-/// is in flight to `rx`.
+/// A daemon process (its config in `config`, its store in `db`, both in `_dir`,
+/// which a test must keep bound) whose one delivery is in flight to `rx`.
 struct InFlight {
     proc: Proc,
     rx: TestReceiver,
@@ -502,7 +502,11 @@ async fn sigterm_lets_in_flight_polls_and_deliveries_finish_commits_them_and_exi
     })
     .await;
     let InFlight {
-        mut proc, rx, db, ..
+        mut proc,
+        rx,
+        db,
+        _dir,
+        ..
     } = delivery_in_flight(&sim, "succeed-term", Duration::from_millis(2500), |cfg| {
         cfg.set("api", "shutdown_grace", "8s");
     })
@@ -574,7 +578,7 @@ async fn sigint_past_the_grace_exits_0_and_the_cut_delivery_is_sent_after_restar
         rx,
         db,
         config,
-        ..
+        _dir,
     } = delivery_in_flight(&sim, "succeed-int", Duration::from_secs(20), |cfg| {
         cfg.set("api", "shutdown_grace", "500ms")
             .set("webhooks", "request_timeout", "30s");
