@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Settings, UpstreamDef};
 use crate::model::{Kind, Outcome, Verdict};
 use crate::store::writer::{Signals, Write, Writer};
-use crate::store::{now_ms, DynStore, Millis, WatchRecord, WatchUpdate};
+use crate::store::{now_ms, DynStore, Hold, Millis, WatchRecord, WatchUpdate};
 use crate::upstream::{PollAnswer, UpstreamClient};
 use crate::webhook::Routes;
 use budget::Budget;
@@ -340,10 +340,19 @@ impl Poller {
         // Every poll counts, whatever the policy: the history is ready when the
         // learned cadence is switched on.
         self.history.observe(&record, previous);
-        let event = self.routes.event_for(&record);
-        self.writer
-            .send(Write::Watch(WatchUpdate { record, event }))
-            .await;
+        let update = WatchUpdate {
+            event: self.routes.event_for(&record),
+            record,
+        };
+        let next = update.record.next_poll_at;
+        match self.store.hold(update) {
+            Hold::Applied(applied) => {
+                if let (true, Some(next)) = (applied, next) {
+                    self.signals.rescheduled(next);
+                }
+            }
+            Hold::Declined(update) => self.writer.send(Write::Watch(update)).await,
+        }
     }
 
     /// Run steps until `shutdown`; polls already sent finish on `tasks`, where the
@@ -353,6 +362,7 @@ impl Poller {
             tasks.spawn(Arc::clone(&self).poll_loop());
         }
         let mut watches = self.signals.watches.subscribe();
+        let plan = self.signals.wake_plan();
         let mut filled = false;
         let started = tokio::time::Instant::now();
         let mut last_step = started.checked_sub(MIN_STEP_GAP).unwrap_or(started);
@@ -364,6 +374,8 @@ impl Poller {
                 }
             }
             last_step = tokio::time::Instant::now();
+            // Awake: any rescheduled watch may be due before the next plan.
+            plan.store(Millis::MAX, std::sync::atomic::Ordering::SeqCst);
             // What this step sees: a change after here wakes the wait below.
             watches.borrow_and_update();
             let now = now_ms();
@@ -395,6 +407,14 @@ impl Poller {
                     Err(_) => Duration::from_secs(1),
                 }
             };
+            // Full: nothing rescheduled can be claimed before room frees up, which
+            // wakes the wait by itself.
+            let planned = if full {
+                Millis::MIN
+            } else {
+                now_ms() + wait.as_millis() as Millis
+            };
+            plan.store(planned, std::sync::atomic::Ordering::SeqCst);
             if wait.is_zero() {
                 tokio::task::yield_now().await;
                 if shutdown.is_cancelled() {

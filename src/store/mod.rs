@@ -343,6 +343,16 @@ pub struct Counts {
     pub deliveries_by_status: Vec<(String, i64)>,
 }
 
+/// What [`Store::hold`] did with a poll result.
+// Declined carries the result back (no allocation on either path).
+#[allow(clippy::large_enum_variant)]
+pub enum Hold {
+    /// Taken; false if the watch ended or changed generation meanwhile.
+    Applied(bool),
+    /// For [`Store::apply_watch_updates`], through the writer.
+    Declined(WatchUpdate),
+}
+
 /// Everything jobwatch keeps. Implementations make each method atomic.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -400,6 +410,14 @@ pub trait Store: Send + Sync + 'static {
     /// show them meanwhile (SQLite does: see `schedule`); outcomes are written
     /// before this returns.
     async fn apply_watch_updates(&self, updates: &[WatchUpdate]) -> Result<Vec<bool>>;
+    /// Take one poll result at once, on the caller's thread, if this store keeps
+    /// it in memory anyway (a watch that keeps running, no event: see
+    /// [`Store::apply_watch_updates`]). At a few hundred polls a second each
+    /// result was a batch of its own, and the hop to the writer's task and back
+    /// cost more than keeping it (BENCHMARKS.md, session 12).
+    fn hold(&self, update: WatchUpdate) -> Hold {
+        Hold::Declined(update)
+    }
     /// Write the poll results kept in memory; returns how many watches it wrote.
     async fn checkpoint(&self) -> Result<u64> {
         Ok(0)

@@ -167,7 +167,17 @@ pub struct Schedule {
     /// asks the file for expired watches only when one is due here.
     deadlines: BTreeSet<(Millis, i64)>,
     deadline_of: HashMap<i64, Millis>,
+    /// The whole of watches as their last poll left them, for the claim of their
+    /// next poll to take instead of reading the file (up to `KEPT_MAX`).
+    kept: HashMap<i64, Box<WatchRecord>>,
 }
+
+/// Watches kept whole in memory, about 600 bytes each (10 MB at most). Reading
+/// the claimed rows was an eighth of the daemon's CPU at 400 polls/s (a
+/// 23-column JSON array a row, built on SQLite's thread and parsed back); a watch
+/// polled every few seconds is claimed again long before a checkpoint, and with
+/// its record kept here it costs no read at all (BENCHMARKS.md, session 12).
+pub const KEPT_MAX: usize = 16_384;
 
 impl Schedule {
     /// A running watch (new, posted again, or read at start) is due at `next`
@@ -191,6 +201,7 @@ impl Schedule {
         }
         self.leased.remove(&wid);
         self.forget_unwritten(wid);
+        self.kept.remove(&wid);
         if let Some(d) = self.deadline_of.remove(&wid) {
             self.deadlines.remove(&(d, wid));
         }
@@ -315,6 +326,19 @@ impl Schedule {
         true
     }
 
+    /// Keep `w`, a result just noted, whole for its next claim (if there is room).
+    pub fn keep(&mut self, w: WatchRecord) {
+        if self.kept.len() < KEPT_MAX && self.at.contains_key(&w.wid) {
+            self.kept.insert(w.wid, Box::new(w));
+        }
+    }
+
+    /// The watch as its last poll left it, if it was kept: the claim that just
+    /// took it needs no read.
+    pub fn take_kept(&mut self, wid: i64) -> Option<WatchRecord> {
+        self.kept.remove(&wid).map(|w| *w)
+    }
+
     fn keep_unwritten(&mut self, wid: i64, u: Unwritten) {
         self.held += usize::from(u.held.is_some());
         if let Some(old) = self.unwritten.insert(wid, u) {
@@ -334,6 +358,7 @@ impl Schedule {
     /// it ended). The file now holds its bookkeeping.
     pub fn written(&mut self, wid: i64, next: Option<Millis>) {
         self.forget_unwritten(wid);
+        self.kept.remove(&wid);
         if let Some(lease) = self.leased.remove(&wid) {
             self.reschedule_in(wid, Some(lease.lane), next);
         } else if self.at.contains_key(&wid) {

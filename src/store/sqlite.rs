@@ -101,6 +101,12 @@ const BOOKKEEPING_CHUNK: usize = 2_000;
 /// `apply_watch_updates`).
 const HELD_MIN: usize = 5_000;
 const HELD_MAX: usize = 50_000;
+
+/// How many held state changes `running` watches may have before they are written.
+fn held_bound(running: usize) -> usize {
+    (running / 4).clamp(HELD_MIN, HELD_MAX)
+}
+
 /// Watches whose poll results (bookkeeping, at least) may wait in memory for the
 /// timed checkpoint; past this one is wanted at once. Each costs about 80 bytes
 /// of hash table, and a table that doubles holds both sizes for a moment: at
@@ -340,6 +346,19 @@ impl SqliteStore {
             }
         }
         Ok(written)
+    }
+
+    /// The running watches of `wids`, as the file has them (one JSON value, not
+    /// a row each, from SQLite's thread).
+    async fn read_running(&self, wids: &[i64]) -> Result<Vec<WatchRecord>> {
+        let json: String = sqlx::query_scalar(&format!(
+            "SELECT {WATCHES_AS_JSON} FROM watches
+             WHERE wid IN (SELECT value FROM json_each(?1)) AND outcome IS NULL"
+        ))
+        .bind(serde_json::to_string(wids).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+        .fetch_one(&self.reader)
+        .await?;
+        rows::watches_from_json(&json)
     }
 
     /// `w` with the poll results that are not in the file yet.
@@ -860,48 +879,53 @@ impl Store for SqliteStore {
         limit: u32,
         lease_until: Millis,
     ) -> Result<Vec<WatchRecord>> {
-        let wids = self
-            .schedule()
-            .claim(lane, now, limit as usize, lease_until);
-        if wids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let json: std::result::Result<String, _> = sqlx::query_scalar(&format!(
-            "SELECT {WATCHES_AS_JSON} FROM watches
-             WHERE wid IN (SELECT value FROM json_each(?1)) AND outcome IS NULL"
-        ))
-        .bind(serde_json::to_string(&wids).map_err(|e| StoreError::Corrupt(e.to_string()))?)
-        .fetch_one(&self.reader)
-        .await;
-        let json = match json {
-            Ok(json) => json,
-            Err(e) => {
-                // Not polled: due again at once rather than when the lease runs out.
-                let mut schedule = self.schedule();
-                for wid in wids {
-                    schedule.unclaim(wid, now);
-                }
-                return Err(e.into());
-            }
+        // The watches kept whole since their last poll need no read.
+        let (wids, mut found) = {
+            let mut schedule = self.schedule();
+            let wids = schedule.claim(lane, now, limit as usize, lease_until);
+            let kept: std::collections::HashMap<i64, WatchRecord> = wids
+                .iter()
+                .filter_map(|wid| schedule.take_kept(*wid).map(|w| (*wid, w)))
+                .collect();
+            (wids, kept)
         };
-        let mut claimed = rows::watches_from_json(&json)?;
-        // Earliest due first, as the schedule gave them (a claim is up to a few
-        // hundred: no search of `wids` per row).
-        let order: std::collections::HashMap<i64, usize> =
-            wids.iter().enumerate().map(|(i, wid)| (*wid, i)).collect();
-        claimed.sort_by_key(|w| order.get(&w.wid).copied());
-        let mut schedule = self.schedule();
-        for w in &mut claimed {
-            schedule.overlay(w);
-            schedule.claimed(w.wid, Some(w));
-            // As a written lease reads: the poller checks the lease's end before it sends.
-            w.next_poll_at = Some(lease_until);
+        if found.len() < wids.len() {
+            let unread: Vec<i64> = wids
+                .iter()
+                .filter(|wid| !found.contains_key(wid))
+                .copied()
+                .collect();
+            match self.read_running(&unread).await {
+                Ok(read) => {
+                    let schedule = self.schedule();
+                    for mut w in read {
+                        schedule.overlay(&mut w);
+                        found.insert(w.wid, w);
+                    }
+                }
+                Err(e) => {
+                    // Not polled: due again at once rather than when the lease runs out.
+                    let mut schedule = self.schedule();
+                    for wid in wids {
+                        schedule.unclaim(wid, now);
+                    }
+                    return Err(e);
+                }
+            }
         }
-        // Claimed but not running in the file any more (ended meanwhile).
-        if claimed.len() < wids.len() {
-            let read: std::collections::HashSet<i64> = claimed.iter().map(|w| w.wid).collect();
-            for wid in wids.into_iter().filter(|wid| !read.contains(wid)) {
-                schedule.claimed(wid, None);
+        // Earliest due first, as the schedule gave them.
+        let mut schedule = self.schedule();
+        let mut claimed = Vec::with_capacity(found.len());
+        for wid in wids {
+            match found.remove(&wid) {
+                Some(mut w) => {
+                    schedule.claimed(wid, Some(&w));
+                    // As a written lease reads: the poller checks the lease's end before it sends.
+                    w.next_poll_at = Some(lease_until);
+                    claimed.push(w);
+                }
+                // Claimed but not running in the file any more (ended meanwhile).
+                None => schedule.claimed(wid, None),
             }
         }
         Ok(claimed)
@@ -997,7 +1021,7 @@ impl Store for SqliteStore {
             // which is asked to come early past `unwritten_bound` (it writes in chunks
             // between other writes; writing here would stop every poll result behind it).
             (
-                schedule.held() > (schedule.len() / 4).clamp(HELD_MIN, HELD_MAX),
+                schedule.held() > held_bound(schedule.len()),
                 schedule.unwritten_len() > self.unwritten_bound,
             )
         };
@@ -1032,6 +1056,25 @@ impl Store for SqliteStore {
             }
         }
         Ok(applied)
+    }
+
+    fn hold(&self, update: WatchUpdate) -> Hold {
+        let mut schedule = self.schedule();
+        // Past the bound of held state changes the writer's path writes them.
+        if update.event.is_some()
+            || !schedule.holds(&update.record)
+            || schedule.held() >= held_bound(schedule.len())
+        {
+            return Hold::Declined(update);
+        }
+        let applied = schedule.note(&update.record);
+        if applied {
+            schedule.keep(update.record);
+        }
+        if schedule.unwritten_len() > self.unwritten_bound {
+            self.checkpoint_wanted.notify_one();
+        }
+        Hold::Applied(applied)
     }
 
     async fn checkpoint(&self) -> Result<u64> {

@@ -7,12 +7,13 @@
 //! each commit, `Signals` tell waiters which watches ended and the dispatcher
 //! that deliveries are queued.
 
+use std::sync::atomic::{AtomicI64, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, watch, Notify};
 
-use super::{AttemptResult, DynStore, WatchUpdate};
+use super::{AttemptResult, DynStore, Millis, WatchUpdate};
 
 /// Most writes per transaction.
 const MAX_BATCH: usize = 2048;
@@ -40,6 +41,11 @@ pub struct Signals {
     /// cleared only by the checkpoint loop (a batched write that succeeds says
     /// nothing about checkpoints, and the other way round).
     pub checkpoint_failing: std::sync::atomic::AtomicBool,
+    /// When each poller next wakes by itself (Unix ms; `Millis::MAX` while it is
+    /// awake): a watch rescheduled before that wakes the pollers, a later one does
+    /// not. At a poll a second per watch, waking them for every result cost a
+    /// wake-up per poll for nothing.
+    wakes: std::sync::Mutex<Vec<Arc<AtomicI64>>>,
 }
 
 impl Signals {
@@ -52,20 +58,45 @@ impl Signals {
             states: broadcast::channel(STATE_CHANGES_KEPT).0,
             write_failing: std::sync::atomic::AtomicBool::new(false),
             checkpoint_failing: std::sync::atomic::AtomicBool::new(false),
+            wakes: Default::default(),
         })
+    }
+
+    /// A poller's wake-up plan: it stores there when it next wakes by itself.
+    pub fn wake_plan(&self) -> Arc<AtomicI64> {
+        let plan = Arc::new(AtomicI64::new(Millis::MAX));
+        self.wakes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::clone(&plan));
+        plan
+    }
+
+    /// A running watch is next due at `at`: wake the pollers if one would sleep past it.
+    pub fn rescheduled(&self, at: Millis) {
+        let late = self
+            .wakes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|plan| plan.load(SeqCst) > at);
+        if late {
+            self.watches_changed();
+        }
     }
 
     /// Announce what a committed batch of watch updates did.
     pub fn watches_committed(&self, updates: &[WatchUpdate], applied: &[bool]) {
         let mut queued = false;
-        let mut rescheduled = false;
+        let mut earliest: Option<Millis> = None;
         for (u, ok) in updates.iter().zip(applied) {
             if let (true, Some(outcome)) = (*ok, u.record.outcome) {
                 crate::metrics::outcome_stored(outcome);
                 let _ = self.finished.send(u.record.wid);
                 queued |= u.event.as_ref().is_some_and(|e| !e.deliveries.is_empty());
             } else if *ok {
-                rescheduled = true;
+                let at = u.record.next_poll_at.unwrap_or(Millis::MIN);
+                earliest = Some(earliest.map_or(at, |e| e.min(at)));
             }
         }
         if queued {
@@ -78,11 +109,11 @@ impl Signals {
         {
             self.events_committed();
         }
-        // A still-running watch got its next poll time (maybe in 100 ms): the poller,
-        // asleep on the leased row's far-off time, must look again or it oversleeps
+        // A still-running watch got its next poll time (maybe in 100 ms): a poller
+        // asleep on the leased row's far-off time must look again or it oversleeps
         // by up to a second.
-        if rescheduled {
-            self.watches_changed();
+        if let Some(at) = earliest {
+            self.rescheduled(at);
         }
     }
 
