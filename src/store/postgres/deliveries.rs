@@ -1,0 +1,184 @@
+//! Webhook deliveries: claims, attempts, retries, listings.
+
+use sqlx::{Postgres, QueryBuilder};
+
+use super::*;
+
+impl PgStore {
+    pub(super) async fn claim_due_deliveries(
+        &self,
+        now: Millis,
+        limit: u32,
+        lease_until: Millis,
+    ) -> Result<Vec<DueDelivery>> {
+        let mut tx = self.pool.begin().await?;
+        let claimed = rows::deliveries(
+            sqlx::query_as(&format!(
+                "UPDATE deliveries SET next_attempt_at = $2, leased_until = $2
+                 WHERE did IN (SELECT did FROM deliveries WHERE status IN ('pending', 'retrying') AND next_attempt_at <= $1
+                               ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED)
+                 RETURNING {DELIVERY_COLS}"
+            ))
+            .bind(now)
+            .bind(lease_until)
+            .bind(limit as i64)
+            .fetch_all(&mut *tx)
+            .await?,
+        )?;
+        let eids: Vec<i64> = claimed.iter().map(|d| d.eid).collect();
+        let events: std::collections::HashMap<i64, (String, String)> =
+            sqlx::query_as::<_, (i64, String, String)>(
+                "SELECT eid, type, body FROM events WHERE eid = ANY($1)",
+            )
+            .bind(&eids)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .map(|(eid, t, b)| (eid, (t, b)))
+            .collect();
+        tx.commit().await?;
+        claimed
+            .into_iter()
+            .map(|d| {
+                let (event_type, body) = events.get(&d.eid).cloned().ok_or_else(|| {
+                    StoreError::Corrupt(format!("delivery {} has no event {}", d.did, d.eid))
+                })?;
+                Ok(DueDelivery {
+                    delivery: d,
+                    event_type,
+                    body,
+                })
+            })
+            .collect()
+    }
+
+    pub(super) async fn record_attempts(&self, results: &[AttemptResult]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for r in results {
+            let a = &r.attempt;
+            sqlx::query(
+                "INSERT INTO attempts (did, at, status_code, error, duration_ms, response) VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(r.did)
+            .bind(a.at)
+            .bind(a.status_code)
+            .bind(&a.error)
+            .bind(a.duration_ms)
+            .bind(&a.response)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE deliveries SET status = $2, attempts = attempts + 1, next_attempt_at = $3, leased_until = NULL,
+                    last_status = $4, last_error = $5,
+                    delivered_at = CASE WHEN $2 = 'delivered' THEN $6 ELSE delivered_at END
+                 WHERE did = $1",
+            )
+            .bind(r.did)
+            .bind(r.next.as_str())
+            .bind(r.next_attempt_at)
+            .bind(a.status_code)
+            .bind(&a.error)
+            .bind(a.at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(super) async fn stop_deliveries_to(&self, url: &str) -> Result<u64> {
+        Ok(sqlx::query(
+            "UPDATE deliveries SET status = 'gone', next_attempt_at = NULL
+             WHERE url = $1 AND status IN ('pending', 'retrying') AND leased_until IS NULL",
+        )
+        .bind(url)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+
+    pub(super) async fn deliveries_of_watch(
+        &self,
+        wid: i64,
+        generation: i64,
+    ) -> Result<Vec<DeliveryRecord>> {
+        rows::deliveries(
+            sqlx::query_as(&format!("SELECT {DELIVERY_COLS} FROM deliveries WHERE wid = $1
+                 AND eid IN (SELECT eid FROM events WHERE wid = $1 AND generation = $2) ORDER BY did"))
+                .bind(wid)
+                .bind(generation)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    pub(super) async fn list_deliveries(
+        &self,
+        status: Option<DeliveryStatus>,
+        limit: u32,
+        after: Option<i64>,
+    ) -> Result<Vec<DeliveryRecord>> {
+        let mut q = QueryBuilder::<Postgres>::new(format!(
+            "SELECT {DELIVERY_COLS} FROM deliveries WHERE true"
+        ));
+        if let Some(s) = status {
+            q.push(" AND status = ").push_bind(s.as_str());
+        }
+        if let Some(after) = after {
+            q.push(" AND did < ").push_bind(after);
+        }
+        q.push(" ORDER BY did DESC LIMIT ").push_bind(limit as i64);
+        rows::deliveries(
+            q.build_query_as::<DeliveryRow>()
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    pub(super) async fn attempts_of(&self, did: i64) -> Result<Vec<AttemptRecord>> {
+        let found: Vec<AttemptRow> = sqlx::query_as(
+            "SELECT at, status_code, error, duration_ms, response FROM attempts WHERE did = $1 ORDER BY aid",
+        )
+        .bind(did)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(found.into_iter().map(AttemptRecord::from).collect())
+    }
+
+    pub(super) async fn retry_delivery(&self, did: i64, now: Millis) -> Result<Retried> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<DeliveryRow> = sqlx::query_as(&format!(
+            "UPDATE deliveries SET status = 'pending', next_attempt_at = $2, leased_until = NULL
+             WHERE did = $1 AND status IN ('dead', 'gone') RETURNING {DELIVERY_COLS}"
+        ))
+        .bind(did)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let result = match row {
+            Some(row) => Retried::Now(row.try_into()?),
+            None => {
+                let row: Option<DeliveryRow> = sqlx::query_as(&format!(
+                    "SELECT {DELIVERY_COLS} FROM deliveries WHERE did = $1"
+                ))
+                .bind(did)
+                .fetch_optional(&mut *tx)
+                .await?;
+                match row {
+                    Some(row) => Retried::NotRetryable(row.try_into()?),
+                    None => Retried::Unknown,
+                }
+            }
+        };
+        tx.commit().await?;
+        Ok(result)
+    }
+
+    pub(super) async fn next_delivery_at(&self) -> Result<Option<Millis>> {
+        Ok(sqlx::query_scalar(
+            "SELECT min(next_attempt_at) FROM deliveries WHERE status IN ('pending', 'retrying')",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+}

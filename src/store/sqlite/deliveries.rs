@@ -1,0 +1,254 @@
+//! Webhook deliveries: claims (leased in memory), attempts, retries, listings.
+
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use super::*;
+
+/// id -> the lease's end (a poll or attempt that never reports frees it then).
+#[derive(Default)]
+pub(super) struct Leases(std::sync::Mutex<std::collections::HashMap<i64, Millis>>);
+
+impl Leases {
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<i64, Millis>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The wids leased at `now`, as a JSON array for `NOT IN (SELECT value FROM json_each(?))`.
+    /// Taken before the read that uses it starts: a lease given up after this
+    /// still excludes its watch (whose write that read may not see), and one
+    /// given up before it was given up after its write committed.
+    pub(super) fn held(&self, now: Millis) -> String {
+        let mut leases = self.lock();
+        leases.retain(|_, until| *until > now);
+        let mut held = String::with_capacity(2 + leases.len() * 8);
+        held.push('[');
+        for (i, wid) in leases.keys().enumerate() {
+            if i > 0 {
+                held.push(',');
+            }
+            held.push_str(&wid.to_string());
+        }
+        held.push(']');
+        held
+    }
+}
+
+impl SqliteStore {
+    pub(super) async fn claim_due_deliveries(
+        &self,
+        now: Millis,
+        limit: u32,
+        lease_until: Millis,
+    ) -> Result<Vec<DueDelivery>> {
+        // Leased in memory like watches (see `SqliteStore::leases`): a claim is a
+        // read, so the dispatcher does not queue behind the poll results' writes.
+        // INDEXED BY: left to itself the planner took the status index and sorted
+        // every pending delivery on each claim.
+        let _one = self.claiming_deliveries.lock().await;
+        let mut conn = self.reader.acquire().await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {DELIVERY_COLS} FROM deliveries INDEXED BY deliveries_due
+             WHERE status IN ('pending', 'retrying') AND next_attempt_at <= ?1
+               AND did NOT IN (SELECT value FROM json_each(?2))
+             ORDER BY next_attempt_at LIMIT ?3"
+        ))
+        .bind(now)
+        .bind(self.delivery_leases.held(now))
+        .bind(limit as i64)
+        .fetch_all(&mut *conn)
+        .await?;
+        let deliveries = rows
+            .iter()
+            .map(delivery_from_row)
+            .collect::<Result<Vec<_>>>()?;
+        let eids: Vec<i64> = deliveries.iter().map(|d| d.eid).collect();
+        let events: std::collections::HashMap<i64, (String, String)> = sqlx::query(
+            "SELECT eid, type, body FROM events WHERE eid IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(serde_json::to_string(&eids).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get("eid")?, (r.try_get("type")?, r.try_get("body")?))))
+        .collect::<Result<_>>()?;
+        drop(conn);
+        let due = deliveries
+            .into_iter()
+            .map(|mut d| {
+                let (event_type, body) = events.get(&d.eid).cloned().ok_or_else(|| {
+                    StoreError::Corrupt(format!("delivery {} has no event {}", d.did, d.eid))
+                })?;
+                // As a written lease reads.
+                d.next_attempt_at = Some(lease_until);
+                Ok(DueDelivery {
+                    delivery: d,
+                    event_type,
+                    body,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut leases = self.delivery_leases.lock();
+        for d in &due {
+            leases.insert(d.delivery.did, lease_until);
+        }
+        Ok(due)
+    }
+
+    pub(super) async fn record_attempts(&self, results: &[AttemptResult]) -> Result<()> {
+        let mut tx = self.writer.begin().await?;
+        for (from, to) in distinct_runs(results.iter().map(|r| r.did)) {
+            record_attempt_group(&mut tx, &results[from..to]).await?;
+        }
+        tx.commit().await?;
+        let mut leases = self.delivery_leases.lock();
+        for r in results {
+            leases.remove(&r.did);
+        }
+        Ok(())
+    }
+
+    pub(super) async fn stop_deliveries_to(&self, url: &str) -> Result<u64> {
+        // Those in flight (leased) record their own attempt.
+        Ok(sqlx::query(
+            "UPDATE deliveries SET status = 'gone', next_attempt_at = NULL
+             WHERE url = ?1 AND status IN ('pending', 'retrying') AND leased_until IS NULL
+               AND did NOT IN (SELECT value FROM json_each(?2))",
+        )
+        .bind(url)
+        .bind(self.delivery_leases.held(now_ms()))
+        .execute(&self.writer)
+        .await?
+        .rows_affected())
+    }
+
+    pub(super) async fn deliveries_of_watch(
+        &self,
+        wid: i64,
+        generation: i64,
+    ) -> Result<Vec<DeliveryRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {DELIVERY_COLS} FROM deliveries WHERE wid = ?1
+             AND eid IN (SELECT eid FROM events WHERE wid = ?1 AND generation = ?2) ORDER BY did"
+        ))
+        .bind(wid)
+        .bind(generation)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter().map(delivery_from_row).collect()
+    }
+
+    pub(super) async fn list_deliveries(
+        &self,
+        status: Option<DeliveryStatus>,
+        limit: u32,
+        after: Option<i64>,
+    ) -> Result<Vec<DeliveryRecord>> {
+        let mut q = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {DELIVERY_COLS} FROM deliveries WHERE true"
+        ));
+        if let Some(s) = status {
+            q.push(" AND status = ").push_bind(s.as_str());
+        }
+        if let Some(after) = after {
+            q.push(" AND did < ").push_bind(after);
+        }
+        q.push(" ORDER BY did DESC LIMIT ").push_bind(limit as i64);
+        let rows = q.build().fetch_all(&self.reader).await?;
+        rows.iter().map(delivery_from_row).collect()
+    }
+
+    pub(super) async fn attempts_of(&self, did: i64) -> Result<Vec<AttemptRecord>> {
+        let rows = sqlx::query("SELECT at, status_code, error, duration_ms, response FROM attempts WHERE did = ?1 ORDER BY aid")
+            .bind(did)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter().map(attempt_from_row).collect()
+    }
+
+    pub(super) async fn retry_delivery(&self, did: i64, now: Millis) -> Result<Retried> {
+        let mut tx = self.writer.begin().await?;
+        let row = sqlx::query(&format!(
+            "UPDATE deliveries SET status = 'pending', next_attempt_at = ?2, leased_until = NULL
+             WHERE did = ?1 AND status IN ('dead', 'gone') RETURNING {DELIVERY_COLS}"
+        ))
+        .bind(did)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let result = match row {
+            Some(row) => Retried::Now(delivery_from_row(&row)?),
+            None => match sqlx::query(&format!(
+                "SELECT {DELIVERY_COLS} FROM deliveries WHERE did = ?1"
+            ))
+            .bind(did)
+            .fetch_optional(&mut *tx)
+            .await?
+            {
+                Some(row) => Retried::NotRetryable(delivery_from_row(&row)?),
+                None => Retried::Unknown,
+            },
+        };
+        tx.commit().await?;
+        Ok(result)
+    }
+
+    pub(super) async fn next_delivery_at(&self) -> Result<Option<Millis>> {
+        // Leased deliveries are being sent: not due.
+        Ok(sqlx::query_scalar(
+            "SELECT next_attempt_at FROM deliveries INDEXED BY deliveries_due
+             WHERE status IN ('pending', 'retrying') AND next_attempt_at IS NOT NULL
+               AND did NOT IN (SELECT value FROM json_each(?1))
+             ORDER BY next_attempt_at LIMIT 1",
+        )
+        .bind(self.delivery_leases.held(now_ms()))
+        .fetch_optional(&self.reader)
+        .await?)
+    }
+}
+
+/// Delivery attempts as two statements whatever their number (see
+/// `apply_watch_group`). `results` has each did at most once.
+async fn record_attempt_group(
+    tx: &mut sqlx::SqliteConnection,
+    results: &[AttemptResult],
+) -> Result<()> {
+    let rows: Vec<serde_json::Value> = results
+        .iter()
+        .map(|r| {
+            let a = &r.attempt;
+            serde_json::json!([
+                r.did,
+                r.next.as_str(),
+                r.next_attempt_at,
+                a.status_code,
+                a.error,
+                a.at,
+                a.duration_ms,
+                a.response
+            ])
+        })
+        .collect();
+    let rows = json_param(&rows)?;
+    sqlx::query(concat!(
+        rows_as!("a"),
+        "INSERT INTO attempts (did, at, status_code, error, duration_ms, response)
+         SELECT a.v ->> 0, a.v ->> 5, a.v ->> 3, a.v ->> 4, a.v ->> 6, a.v ->> 7
+         FROM a",
+    ))
+    .bind(&rows)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(concat!(
+        rows_as!("a"),
+        "UPDATE deliveries SET status = a.v ->> 1, attempts = attempts + 1,
+            next_attempt_at = a.v ->> 2, leased_until = NULL,
+            last_status = a.v ->> 3, last_error = a.v ->> 4,
+            delivered_at = CASE WHEN a.v ->> 1 = 'delivered' THEN a.v ->> 5 ELSE delivered_at END
+         FROM a
+         WHERE deliveries.did = a.v ->> 0",
+    ))
+    .bind(&rows)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
