@@ -203,14 +203,17 @@ impl DeliveryStatus {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// Decoded from a row by sqlx (`rows::DELIVERY_COLS`), for both databases.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct DeliveryRecord {
     pub did: i64,
     pub eid: i64,
     pub wid: i64,
     pub webhook_id: String,
+    #[sqlx(try_from = "String")]
     pub target: Target,
     pub url: String,
+    #[sqlx(try_from = "String")]
     pub status: DeliveryStatus,
     pub attempts: i64,
     pub next_attempt_at: Option<Millis>,
@@ -228,7 +231,8 @@ pub struct DueDelivery {
     pub body: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// Decoded from a row by sqlx (`rows::ATTEMPT_COLS`).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct AttemptRecord {
     pub at: Millis,
     pub status_code: Option<i64>,

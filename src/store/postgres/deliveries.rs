@@ -12,8 +12,7 @@ impl PgStore {
         lease_until: Millis,
     ) -> Result<Vec<DueDelivery>> {
         let mut tx = self.pool.begin().await?;
-        let claimed = rows::deliveries(
-            sqlx::query_as(&format!(
+        let claimed: Vec<DeliveryRecord> = sqlx::query_as(&format!(
                 "UPDATE deliveries SET next_attempt_at = $2, leased_until = $2
                  WHERE did IN (SELECT did FROM deliveries WHERE status IN ('pending', 'retrying') AND next_attempt_at <= $1
                                ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED)
@@ -23,33 +22,14 @@ impl PgStore {
             .bind(lease_until)
             .bind(limit as i64)
             .fetch_all(&mut *tx)
-            .await?,
-        )?;
+            .await?;
         let eids: Vec<i64> = claimed.iter().map(|d| d.eid).collect();
-        let events: std::collections::HashMap<i64, (String, String)> =
-            sqlx::query_as::<_, (i64, String, String)>(
-                "SELECT eid, type, body FROM events WHERE eid = ANY($1)",
-            )
+        let events = sqlx::query_as("SELECT eid, type, body FROM events WHERE eid = ANY($1)")
             .bind(&eids)
             .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .map(|(eid, t, b)| (eid, (t, b)))
-            .collect();
+            .await?;
         tx.commit().await?;
-        claimed
-            .into_iter()
-            .map(|d| {
-                let (event_type, body) = events.get(&d.eid).cloned().ok_or_else(|| {
-                    StoreError::Corrupt(format!("delivery {} has no event {}", d.did, d.eid))
-                })?;
-                Ok(DueDelivery {
-                    delivery: d,
-                    event_type,
-                    body,
-                })
-            })
-            .collect()
+        rows::due_deliveries(claimed, events)
     }
 
     pub(super) async fn record_attempts(&self, results: &[AttemptResult]) -> Result<()> {
@@ -102,14 +82,14 @@ impl PgStore {
         wid: i64,
         generation: i64,
     ) -> Result<Vec<DeliveryRecord>> {
-        rows::deliveries(
-            sqlx::query_as(&format!("SELECT {DELIVERY_COLS} FROM deliveries WHERE wid = $1
-                 AND eid IN (SELECT eid FROM events WHERE wid = $1 AND generation = $2) ORDER BY did"))
-                .bind(wid)
-                .bind(generation)
-                .fetch_all(&self.pool)
-                .await?,
-        )
+        Ok(sqlx::query_as(&format!(
+            "SELECT {DELIVERY_COLS} FROM deliveries WHERE wid = $1
+             AND eid IN (SELECT eid FROM events WHERE wid = $1 AND generation = $2) ORDER BY did"
+        ))
+        .bind(wid)
+        .bind(generation)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     pub(super) async fn list_deliveries(
@@ -128,26 +108,21 @@ impl PgStore {
             q.push(" AND did < ").push_bind(after);
         }
         q.push(" ORDER BY did DESC LIMIT ").push_bind(limit as i64);
-        rows::deliveries(
-            q.build_query_as::<DeliveryRow>()
-                .fetch_all(&self.pool)
-                .await?,
-        )
+        Ok(q.build_query_as().fetch_all(&self.pool).await?)
     }
 
     pub(super) async fn attempts_of(&self, did: i64) -> Result<Vec<AttemptRecord>> {
-        let found: Vec<AttemptRow> = sqlx::query_as(
-            "SELECT at, status_code, error, duration_ms, response FROM attempts WHERE did = $1 ORDER BY aid",
-        )
+        Ok(sqlx::query_as(&format!(
+            "SELECT {ATTEMPT_COLS} FROM attempts WHERE did = $1 ORDER BY aid"
+        ))
         .bind(did)
         .fetch_all(&self.pool)
-        .await?;
-        Ok(found.into_iter().map(AttemptRecord::from).collect())
+        .await?)
     }
 
     pub(super) async fn retry_delivery(&self, did: i64, now: Millis) -> Result<Retried> {
         let mut tx = self.pool.begin().await?;
-        let row: Option<DeliveryRow> = sqlx::query_as(&format!(
+        let row: Option<DeliveryRecord> = sqlx::query_as(&format!(
             "UPDATE deliveries SET status = 'pending', next_attempt_at = $2, leased_until = NULL
              WHERE did = $1 AND status IN ('dead', 'gone') RETURNING {DELIVERY_COLS}"
         ))
@@ -156,16 +131,16 @@ impl PgStore {
         .fetch_optional(&mut *tx)
         .await?;
         let result = match row {
-            Some(row) => Retried::Now(row.try_into()?),
+            Some(row) => Retried::Now(row),
             None => {
-                let row: Option<DeliveryRow> = sqlx::query_as(&format!(
+                let row: Option<DeliveryRecord> = sqlx::query_as(&format!(
                     "SELECT {DELIVERY_COLS} FROM deliveries WHERE did = $1"
                 ))
                 .bind(did)
                 .fetch_optional(&mut *tx)
                 .await?;
                 match row {
-                    Some(row) => Retried::NotRetryable(row.try_into()?),
+                    Some(row) => Retried::NotRetryable(row),
                     None => Retried::Unknown,
                 }
             }

@@ -19,7 +19,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
-use super::rows::{self, AttemptRow, DeliveryRow, WatchRow, DELIVERY_COLS, WATCH_COLS};
+use super::rows::{self, WatchRow, ATTEMPT_COLS, DELIVERY_COLS, WATCH_COLS};
 use super::*;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");

@@ -90,7 +90,7 @@ impl SqliteStore {
         if self.schedule().first_deadline().is_none_or(|d| d > now) {
             return Ok(Vec::new());
         }
-        let rows = sqlx::query(&format!(
+        let found = sqlx::query_as(&format!(
             "SELECT {WATCH_COLS} FROM watches WHERE outcome IS NULL AND deadline IS NOT NULL AND deadline <= ?1
              ORDER BY deadline LIMIT ?2"
         ))
@@ -98,7 +98,7 @@ impl SqliteStore {
         .bind(limit as i64)
         .fetch_all(&self.reader)
         .await?;
-        self.current_rows(&rows)
+        Ok(self.current(rows::watches(found)?))
     }
 
     pub(super) async fn next_wakeup_in(&self, lane: Lane<'_>) -> Result<Option<Millis>> {

@@ -1,6 +1,6 @@
 //! Webhook deliveries: claims (leased in memory), attempts, retries, listings.
 
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{QueryBuilder, Sqlite};
 
 use super::*;
 
@@ -46,7 +46,7 @@ impl SqliteStore {
         // every pending delivery on each claim.
         let _one = self.claiming_deliveries.lock().await;
         let mut conn = self.reader.acquire().await?;
-        let rows = sqlx::query(&format!(
+        let mut claimed: Vec<DeliveryRecord> = sqlx::query_as(&format!(
             "SELECT {DELIVERY_COLS} FROM deliveries INDEXED BY deliveries_due
              WHERE status IN ('pending', 'retrying') AND next_attempt_at <= ?1
                AND did NOT IN (SELECT value FROM json_each(?2))
@@ -57,36 +57,19 @@ impl SqliteStore {
         .bind(limit as i64)
         .fetch_all(&mut *conn)
         .await?;
-        let deliveries = rows
-            .iter()
-            .map(delivery_from_row)
-            .collect::<Result<Vec<_>>>()?;
-        let eids: Vec<i64> = deliveries.iter().map(|d| d.eid).collect();
-        let events: std::collections::HashMap<i64, (String, String)> = sqlx::query(
+        for d in &mut claimed {
+            // As a written lease reads.
+            d.next_attempt_at = Some(lease_until);
+        }
+        let eids: Vec<i64> = claimed.iter().map(|d| d.eid).collect();
+        let events = sqlx::query_as(
             "SELECT eid, type, body FROM events WHERE eid IN (SELECT value FROM json_each(?1))",
         )
         .bind(serde_json::to_string(&eids).map_err(|e| StoreError::Corrupt(e.to_string()))?)
         .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(|r| Ok((r.try_get("eid")?, (r.try_get("type")?, r.try_get("body")?))))
-        .collect::<Result<_>>()?;
+        .await?;
         drop(conn);
-        let due = deliveries
-            .into_iter()
-            .map(|mut d| {
-                let (event_type, body) = events.get(&d.eid).cloned().ok_or_else(|| {
-                    StoreError::Corrupt(format!("delivery {} has no event {}", d.did, d.eid))
-                })?;
-                // As a written lease reads.
-                d.next_attempt_at = Some(lease_until);
-                Ok(DueDelivery {
-                    delivery: d,
-                    event_type,
-                    body,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let due = rows::due_deliveries(claimed, events)?;
         let mut leases = self.delivery_leases.lock();
         for d in &due {
             leases.insert(d.delivery.did, lease_until);
@@ -126,15 +109,14 @@ impl SqliteStore {
         wid: i64,
         generation: i64,
     ) -> Result<Vec<DeliveryRecord>> {
-        let rows = sqlx::query(&format!(
+        Ok(sqlx::query_as(&format!(
             "SELECT {DELIVERY_COLS} FROM deliveries WHERE wid = ?1
              AND eid IN (SELECT eid FROM events WHERE wid = ?1 AND generation = ?2) ORDER BY did"
         ))
         .bind(wid)
         .bind(generation)
         .fetch_all(&self.reader)
-        .await?;
-        rows.iter().map(delivery_from_row).collect()
+        .await?)
     }
 
     pub(super) async fn list_deliveries(
@@ -153,21 +135,21 @@ impl SqliteStore {
             q.push(" AND did < ").push_bind(after);
         }
         q.push(" ORDER BY did DESC LIMIT ").push_bind(limit as i64);
-        let rows = q.build().fetch_all(&self.reader).await?;
-        rows.iter().map(delivery_from_row).collect()
+        Ok(q.build_query_as().fetch_all(&self.reader).await?)
     }
 
     pub(super) async fn attempts_of(&self, did: i64) -> Result<Vec<AttemptRecord>> {
-        let rows = sqlx::query("SELECT at, status_code, error, duration_ms, response FROM attempts WHERE did = ?1 ORDER BY aid")
-            .bind(did)
-            .fetch_all(&self.reader)
-            .await?;
-        rows.iter().map(attempt_from_row).collect()
+        Ok(sqlx::query_as(&format!(
+            "SELECT {ATTEMPT_COLS} FROM attempts WHERE did = ?1 ORDER BY aid"
+        ))
+        .bind(did)
+        .fetch_all(&self.reader)
+        .await?)
     }
 
     pub(super) async fn retry_delivery(&self, did: i64, now: Millis) -> Result<Retried> {
         let mut tx = self.writer.begin().await?;
-        let row = sqlx::query(&format!(
+        let row = sqlx::query_as(&format!(
             "UPDATE deliveries SET status = 'pending', next_attempt_at = ?2, leased_until = NULL
              WHERE did = ?1 AND status IN ('dead', 'gone') RETURNING {DELIVERY_COLS}"
         ))
@@ -176,15 +158,15 @@ impl SqliteStore {
         .fetch_optional(&mut *tx)
         .await?;
         let result = match row {
-            Some(row) => Retried::Now(delivery_from_row(&row)?),
-            None => match sqlx::query(&format!(
+            Some(row) => Retried::Now(row),
+            None => match sqlx::query_as(&format!(
                 "SELECT {DELIVERY_COLS} FROM deliveries WHERE did = ?1"
             ))
             .bind(did)
             .fetch_optional(&mut *tx)
             .await?
             {
-                Some(row) => Retried::NotRetryable(delivery_from_row(&row)?),
+                Some(row) => Retried::NotRetryable(row),
                 None => Retried::Unknown,
             },
         };

@@ -33,13 +33,11 @@ mod watches;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
-use sqlx::{ConnectOptions, Connection, FromRow, SqlitePool};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{ConnectOptions, Connection, SqlitePool};
 
 use super::rows::{
-    json_text, new_webhook_id, stored_durations, AttemptRow, DeliveryRow, WatchRow, DELIVERY_COLS,
+    self, json_text, new_webhook_id, stored_durations, WatchRow, ATTEMPT_COLS, DELIVERY_COLS,
     WATCHES_AS_JSON, WATCH_COLS,
 };
 use super::schedule::{Lane, Schedule};
@@ -214,30 +212,14 @@ impl SqliteStore {
         self.schedule.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// `w` with the poll results that are not in the file yet.
-    fn current(&self, mut w: WatchRecord) -> WatchRecord {
-        self.schedule().overlay(&mut w);
-        w
+    /// Watches as read from the file, with the poll results not in it yet.
+    fn current(&self, mut watches: Vec<WatchRecord>) -> Vec<WatchRecord> {
+        let schedule = self.schedule();
+        for w in &mut watches {
+            schedule.overlay(w);
+        }
+        watches
     }
-
-    fn current_rows(&self, rows: &[SqliteRow]) -> Result<Vec<WatchRecord>> {
-        rows.iter()
-            .map(|r| Ok(self.current(watch_from_row(r)?)))
-            .collect()
-    }
-}
-
-// Rows are mapped by the shapes PostgreSQL uses too (`rows.rs`).
-fn watch_from_row(row: &SqliteRow) -> Result<WatchRecord> {
-    WatchRecord::try_from(WatchRow::from_row(row)?)
-}
-
-fn delivery_from_row(row: &SqliteRow) -> Result<DeliveryRecord> {
-    DeliveryRecord::try_from(DeliveryRow::from_row(row)?)
-}
-
-fn attempt_from_row(row: &SqliteRow) -> Result<AttemptRecord> {
-    Ok(AttemptRow::from_row(row)?.into())
 }
 
 /// Consecutive runs `[from, to)` of `keys` in which no key repeats. A batch is

@@ -49,16 +49,14 @@ impl SqliteStore {
     }
 
     pub(super) async fn get_watch(&self, kind: Kind, job_id: &str) -> Result<Option<WatchRecord>> {
-        let row = sqlx::query(&format!(
+        let row: Option<WatchRow> = sqlx::query_as(&format!(
             "SELECT {WATCH_COLS} FROM watches WHERE kind = ?1 AND job_id = ?2"
         ))
         .bind(kind.as_str())
         .bind(job_id)
         .fetch_optional(&self.reader)
         .await?;
-        row.as_ref()
-            .map(|r| Ok(self.current(watch_from_row(r)?)))
-            .transpose()
+        Ok(self.current(rows::watches(row)?).pop())
     }
 
     pub(super) async fn list_watches(
@@ -102,8 +100,8 @@ impl SqliteStore {
         }
         q.push(" ORDER BY watched_at DESC, wid DESC LIMIT ")
             .push_bind(limit as i64);
-        let rows = q.build().fetch_all(&self.reader).await?;
-        self.current_rows(&rows)
+        let found = q.build_query_as().fetch_all(&self.reader).await?;
+        Ok(self.current(rows::watches(found)?))
     }
 
     pub(super) async fn cancel_watch(
@@ -113,20 +111,19 @@ impl SqliteStore {
         now: Millis,
     ) -> Result<Cancelled> {
         let mut tx = self.writer.begin().await?;
-        let row = sqlx::query(&format!(
+        let row: Option<WatchRow> = sqlx::query_as(&format!(
             "SELECT {WATCH_COLS} FROM watches WHERE kind = ?1 AND job_id = ?2"
         ))
         .bind(kind.as_str())
         .bind(job_id)
         .fetch_optional(&mut *tx)
         .await?;
-        let result = match row.as_ref().map(watch_from_row).transpose()? {
+        // Written as any ending is, with what polls found that the file does not
+        // have yet (its state, its counters).
+        let result = match self.current(rows::watches(row)?).pop() {
             None => Cancelled::Unknown,
             Some(w) if w.outcome.is_some() => Cancelled::AlreadyEnded(w),
-            Some(w) => {
-                // Written as any ending is, with what polls found that the file
-                // does not have yet (its state, its counters).
-                let mut w = self.current(w);
+            Some(mut w) => {
                 w.outcome = Some(Outcome::Cancelled);
                 w.outcome_at = Some(now);
                 w.next_poll_at = None;
