@@ -44,6 +44,9 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// A running watch this late for its poll is overdue ([`Counts::overdue`]).
+pub const OVERDUE_AFTER: Millis = 5_000;
+
 /// Everything jobwatch keeps. Implementations make each method atomic.
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -102,6 +105,8 @@ pub trait Store: Send + Sync + 'static {
     /// before this returns.
     async fn apply_watch_updates(&self, updates: &[WatchUpdate]) -> Result<Vec<bool>>;
     /// Write the poll results kept in memory; returns how many watches it wrote.
+    /// (A store may do other deferred upkeep here: PostgreSQL folds the rows of
+    /// its counters.)
     async fn checkpoint(&self) -> Result<u64> {
         Ok(0)
     }
@@ -145,6 +150,8 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<StreamedEvent>>;
 
+    /// What `/v1/status` and `/metrics` show, from counters the database keeps
+    /// in the transaction of each write: no read of every watch or delivery.
     async fn counts(&self, now: Millis) -> Result<Counts>;
     /// Every stored duration summary (read once, at start).
     async fn load_durations(&self) -> Result<Vec<StoredDurations>>;

@@ -181,3 +181,55 @@ pub fn stored_durations(rows: Vec<(String, String, Vec<u8>)>) -> Vec<StoredDurat
 pub fn new_webhook_id() -> String {
     format!("msg_{}", ulid::Ulid::new())
 }
+
+/// The counters' rows, `(bucket, n)` (see the migration `counters`), as
+/// [`Counts`]: `held` are a store's state changes not in its counters yet
+/// (the state counted, the state now); `overdue` and `oldest` are as the store
+/// found them.
+pub fn counts<'a>(
+    buckets: Vec<(String, i64)>,
+    held: impl Iterator<Item = (&'a Option<String>, &'a Option<String>)>,
+    overdue: i64,
+    oldest: Option<(String, String, Millis)>,
+) -> Result<Counts> {
+    use std::collections::BTreeMap;
+    let mut by_state: BTreeMap<Option<String>, i64> = BTreeMap::new();
+    let mut by_outcome: BTreeMap<String, i64> = BTreeMap::new();
+    let mut by_status: BTreeMap<String, i64> = BTreeMap::new();
+    for (bucket, n) in buckets {
+        if let Some(state) = bucket.strip_prefix("running") {
+            let state = match state.strip_prefix(':') {
+                Some(s) => Some(s.to_string()),
+                None if state.is_empty() => None,
+                None => return Err(StoreError::Corrupt(format!("counter {bucket:?}"))),
+            };
+            *by_state.entry(state).or_default() += n;
+        } else if let Some(outcome) = bucket.strip_prefix("ended:") {
+            *by_outcome.entry(outcome.to_string()).or_default() += n;
+        } else if let Some(status) = bucket.strip_prefix("delivery:") {
+            *by_status.entry(status.to_string()).or_default() += n;
+        } else {
+            return Err(StoreError::Corrupt(format!("counter {bucket:?}")));
+        }
+    }
+    for (counted, now) in held {
+        if counted != now {
+            *by_state.entry(counted.clone()).or_default() -= 1;
+            *by_state.entry(now.clone()).or_default() += 1;
+        }
+    }
+    let running_by_state: Vec<(Option<String>, i64)> =
+        by_state.into_iter().filter(|(_, n)| *n > 0).collect();
+    Ok(Counts {
+        running: running_by_state.iter().map(|(_, n)| n).sum(),
+        running_by_state,
+        ended_by_outcome: by_outcome.into_iter().filter(|(_, n)| *n > 0).collect(),
+        overdue,
+        oldest_running: oldest
+            .map(|(kind, id, at)| {
+                Ok::<_, StoreError>((kind.parse().map_err(StoreError::Corrupt)?, id, at))
+            })
+            .transpose()?,
+        deliveries_by_status: by_status.into_iter().filter(|(_, n)| *n > 0).collect(),
+    })
+}

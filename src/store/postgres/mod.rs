@@ -21,6 +21,7 @@ use sqlx::PgPool;
 
 use super::rows::{self, WatchRow, ATTEMPT_COLS, DELIVERY_COLS, WATCH_COLS};
 use super::*;
+pub use counts::COUNT_QUERIES;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -84,6 +85,13 @@ async fn check_is_ours(pool: &PgPool, url: &str) -> Result<()> {
 }
 
 super::store_impl!(PgStore {
+    /// PostgreSQL keeps no poll results in memory: its checkpoint folds the
+    /// rows the count triggers appended (see `counts.rs`).
+    async fn checkpoint(&self) -> Result<u64> {
+        self.fold_counters().await?;
+        Ok(0)
+    }
+
     fn replicas(&self) -> Option<&dyn super::replicas::ReplicaStore> {
         Some(self)
     }

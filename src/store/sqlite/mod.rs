@@ -42,6 +42,7 @@ use super::rows::{
 };
 use super::schedule::{Lane, Schedule};
 use super::*;
+pub use counts::COUNT_QUERIES;
 use deliveries::Leases;
 use file::{check_is_ours, unusable, FileGuard};
 
