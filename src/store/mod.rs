@@ -8,6 +8,7 @@
 
 pub mod postgres;
 pub mod pruner;
+mod queries;
 mod records;
 pub mod replicas;
 mod rows;

@@ -93,6 +93,16 @@ pub struct Ingested {
     pub already_watching: u64,
 }
 
+impl Ingested {
+    /// The answer to `new`, of whose ids `started` started a watch.
+    pub fn of(new: &NewWatches, started: usize) -> Ingested {
+        Ingested {
+            new: started as u64,
+            already_watching: (new.ids.len() - started) as u64,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
     pub kind: Option<Kind>,
@@ -258,8 +268,8 @@ pub struct AttemptResult {
     pub next_attempt_at: Option<Millis>,
 }
 
-/// One stored event as `GET /v1/events` sends it.
-#[derive(Debug, Clone, PartialEq)]
+/// One stored event as `GET /v1/events` sends it (decoded from a row by sqlx).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct StreamedEvent {
     /// The event's eid: its place in the stream (the SSE `id`).
     pub position: i64,
@@ -269,8 +279,8 @@ pub struct StreamedEvent {
     pub body: String,
 }
 
-/// Where the stream of events stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Where the stream of events stands (decoded from [`super::rows::EVENT_POSITIONS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, sqlx::FromRow)]
 pub struct EventPositions {
     /// The position of the newest event ever written (0 before the first), pruned
     /// or not. Every event up to it is committed: positions are given in commit order.

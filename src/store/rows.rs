@@ -26,6 +26,22 @@ pub const DELIVERY_COLS: &str =
     "did, eid, wid, webhook_id, target, url, status, attempts, next_attempt_at, \
     last_status, last_error, created_at, delivered_at";
 
+/// Where the stream of events stands, in one statement (one snapshot). On
+/// PostgreSQL the counter's committed value is safe to read without its lock:
+/// every eid up to it is committed (migration 0003).
+pub const EVENT_POSITIONS: &str =
+    "SELECT (SELECT last FROM event_positions WHERE id = 1) AS newest,
+    (SELECT min(eid) FROM events) AS oldest";
+
+/// The columns of a [`StreamedEvent`], from `events e JOIN watches w`.
+pub const STREAMED_EVENT_COLS: &str = "e.eid AS position, e.type AS event_type, w.kind, e.body";
+
+/// The stored duration summaries, and the statement that stores one.
+pub const LOAD_DURATIONS: &str = "SELECT kind, grp, summary FROM durations ORDER BY kind, grp";
+pub const SAVE_DURATION: &str = "INSERT INTO durations (kind, grp, summary, updated_at)
+    VALUES ($1, $2, $3, $4)
+    ON CONFLICT (kind, grp) DO UPDATE SET summary = excluded.summary, updated_at = excluded.updated_at";
+
 /// The columns of an [`AttemptRecord`].
 pub const ATTEMPT_COLS: &str = "at, status_code, error, duration_ms, response";
 

@@ -1,6 +1,7 @@
 //! Claims of due watches (`FOR UPDATE SKIP LOCKED` and a lease), deadlines, and
 //! the spread of overdue polls after a restart.
 
+use super::queries::Portable;
 use super::*;
 
 impl PgStore {
@@ -34,16 +35,7 @@ impl PgStore {
         now: Millis,
         limit: u32,
     ) -> Result<Vec<WatchRecord>> {
-        rows::watches(
-            sqlx::query_as(&format!(
-                "SELECT {WATCH_COLS} FROM watches WHERE outcome IS NULL AND deadline IS NOT NULL AND deadline <= $1
-                 ORDER BY deadline LIMIT $2"
-            ))
-            .bind(now)
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
-            .await?,
-        )
+        Portable(&self.pool).expired_watches(now, limit).await
     }
 
     pub(super) async fn next_wakeup_in(&self, lane: Lane<'_>) -> Result<Option<Millis>> {

@@ -1,7 +1,6 @@
 //! Webhook deliveries: claims, attempts, retries, listings.
 
-use sqlx::{Postgres, QueryBuilder};
-
+use super::queries::Portable;
 use super::*;
 
 impl PgStore {
@@ -77,40 +76,6 @@ impl PgStore {
         .rows_affected())
     }
 
-    pub(super) async fn deliveries_of_watch(
-        &self,
-        wid: i64,
-        generation: i64,
-    ) -> Result<Vec<DeliveryRecord>> {
-        Ok(sqlx::query_as(&format!(
-            "SELECT {DELIVERY_COLS} FROM deliveries WHERE wid = $1
-             AND eid IN (SELECT eid FROM events WHERE wid = $1 AND generation = $2) ORDER BY did"
-        ))
-        .bind(wid)
-        .bind(generation)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
-    pub(super) async fn list_deliveries(
-        &self,
-        status: Option<DeliveryStatus>,
-        limit: u32,
-        after: Option<i64>,
-    ) -> Result<Vec<DeliveryRecord>> {
-        let mut q = QueryBuilder::<Postgres>::new(format!(
-            "SELECT {DELIVERY_COLS} FROM deliveries WHERE true"
-        ));
-        if let Some(s) = status {
-            q.push(" AND status = ").push_bind(s.as_str());
-        }
-        if let Some(after) = after {
-            q.push(" AND did < ").push_bind(after);
-        }
-        q.push(" ORDER BY did DESC LIMIT ").push_bind(limit as i64);
-        Ok(q.build_query_as().fetch_all(&self.pool).await?)
-    }
-
     pub(super) async fn attempts_of(&self, did: i64) -> Result<Vec<AttemptRecord>> {
         Ok(sqlx::query_as(&format!(
             "SELECT {ATTEMPT_COLS} FROM attempts WHERE did = $1 ORDER BY aid"
@@ -120,40 +85,36 @@ impl PgStore {
         .await?)
     }
 
-    pub(super) async fn retry_delivery(&self, did: i64, now: Millis) -> Result<Retried> {
-        let mut tx = self.pool.begin().await?;
-        let row: Option<DeliveryRecord> = sqlx::query_as(&format!(
-            "UPDATE deliveries SET status = 'pending', next_attempt_at = $2, leased_until = NULL
-             WHERE did = $1 AND status IN ('dead', 'gone') RETURNING {DELIVERY_COLS}"
-        ))
-        .bind(did)
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let result = match row {
-            Some(row) => Retried::Now(row),
-            None => {
-                let row: Option<DeliveryRecord> = sqlx::query_as(&format!(
-                    "SELECT {DELIVERY_COLS} FROM deliveries WHERE did = $1"
-                ))
-                .bind(did)
-                .fetch_optional(&mut *tx)
-                .await?;
-                match row {
-                    Some(row) => Retried::NotRetryable(row),
-                    None => Retried::Unknown,
-                }
-            }
-        };
-        tx.commit().await?;
-        Ok(result)
-    }
-
     pub(super) async fn next_delivery_at(&self) -> Result<Option<Millis>> {
         Ok(sqlx::query_scalar(
             "SELECT min(next_attempt_at) FROM deliveries WHERE status IN ('pending', 'retrying')",
         )
         .fetch_one(&self.pool)
         .await?)
+    }
+
+    pub(super) async fn deliveries_of_watch(
+        &self,
+        wid: i64,
+        generation: i64,
+    ) -> Result<Vec<DeliveryRecord>> {
+        Portable(&self.pool)
+            .deliveries_of_watch(wid, generation)
+            .await
+    }
+
+    pub(super) async fn list_deliveries(
+        &self,
+        status: Option<DeliveryStatus>,
+        limit: u32,
+        after: Option<i64>,
+    ) -> Result<Vec<DeliveryRecord>> {
+        Portable(&self.pool)
+            .list_deliveries(status, limit, after)
+            .await
+    }
+
+    pub(super) async fn retry_delivery(&self, did: i64, now: Millis) -> Result<Retried> {
+        Portable(&self.pool).retry_delivery(did, now).await
     }
 }

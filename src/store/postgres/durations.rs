@@ -1,34 +1,14 @@
 //! What the learned cadence knows of how long jobs take, kept between runs.
 
+use super::queries::Portable;
 use super::*;
 
 impl PgStore {
     pub(super) async fn load_durations(&self) -> Result<Vec<StoredDurations>> {
-        let rows: Vec<(String, String, Vec<u8>)> =
-            sqlx::query_as("SELECT kind, grp, summary FROM durations ORDER BY kind, grp")
-                .fetch_all(&self.pool)
-                .await?;
-        Ok(rows::stored_durations(rows))
+        Portable(&self.pool).load_durations().await
     }
 
     pub(super) async fn save_durations(&self, rows: &[StoredDurations], now: Millis) -> Result<()> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let mut tx = self.pool.begin().await?;
-        for r in rows {
-            sqlx::query(
-                "INSERT INTO durations (kind, grp, summary, updated_at) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (kind, grp) DO UPDATE SET summary = excluded.summary, updated_at = excluded.updated_at",
-            )
-            .bind(r.kind.as_str())
-            .bind(&r.group)
-            .bind(&r.summary)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        Portable(&self.pool).save_durations(rows, now).await
     }
 }

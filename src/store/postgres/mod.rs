@@ -19,6 +19,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 
+use super::queries;
 use super::rows::{self, WatchRow, ATTEMPT_COLS, DELIVERY_COLS, WATCH_COLS};
 use super::*;
 pub use counts::COUNT_QUERIES;

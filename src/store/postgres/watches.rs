@@ -1,8 +1,7 @@
 //! What the API asks of watches: start them, read them, list them, cancel them;
 //! and forgetting the ended ones past retention.
 
-use sqlx::{Postgres, QueryBuilder};
-
+use super::queries::Portable;
 use super::results::{insert_event, lock_event_positions, set_event_positions};
 use super::*;
 
@@ -32,22 +31,11 @@ impl PgStore {
         .bind(&new.ids)
         .fetch_all(&self.pool)
         .await?;
-        let started = started.len() as u64;
-        Ok(Ingested {
-            new: started,
-            already_watching: new.ids.len() as u64 - started,
-        })
+        Ok(Ingested::of(new, started.len()))
     }
 
     pub(super) async fn get_watch(&self, kind: Kind, job_id: &str) -> Result<Option<WatchRecord>> {
-        let row: Option<WatchRow> = sqlx::query_as(&format!(
-            "SELECT {WATCH_COLS} FROM watches WHERE kind = $1 AND job_id = $2"
-        ))
-        .bind(kind.as_str())
-        .bind(job_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(WatchRecord::try_from).transpose()
+        Portable(&self.pool).get_watch(kind, job_id).await
     }
 
     pub(super) async fn list_watches(
@@ -56,36 +44,9 @@ impl PgStore {
         limit: u32,
         after: Option<Cursor>,
     ) -> Result<Vec<WatchRecord>> {
-        let mut q =
-            QueryBuilder::<Postgres>::new(format!("SELECT {WATCH_COLS} FROM watches WHERE true"));
-        if let Some(kind) = filter.kind {
-            q.push(" AND kind = ").push_bind(kind.as_str());
-        }
-        if let Some(state) = &filter.state {
-            q.push(" AND state = ").push_bind(state.clone());
-        }
-        if let Some(outcome) = filter.outcome {
-            q.push(" AND outcome = ").push_bind(outcome.as_str());
-        }
-        match filter.running {
-            Some(true) => {
-                q.push(" AND outcome IS NULL");
-            }
-            Some(false) => {
-                q.push(" AND outcome IS NOT NULL");
-            }
-            None => {}
-        }
-        if let Some(c) = after {
-            q.push(" AND (watched_at, wid) < (")
-                .push_bind(c.watched_at)
-                .push(", ")
-                .push_bind(c.wid)
-                .push(")");
-        }
-        q.push(" ORDER BY watched_at DESC, wid DESC LIMIT ")
-            .push_bind(limit as i64);
-        rows::watches(q.build_query_as().fetch_all(&self.pool).await?)
+        Portable(&self.pool)
+            .list_watches(filter, limit, after, "(watched_at, wid) < ({at}, {wid})")
+            .await
     }
 
     pub(super) async fn cancel_watch(

@@ -1,6 +1,7 @@
 //! Which running watch is polled next: the schedule in memory, read from the file
 //! at start, claims, deadlines, and the spread of overdue polls after a restart.
 
+use super::queries::Portable;
 use super::*;
 
 impl SqliteStore {
@@ -90,15 +91,8 @@ impl SqliteStore {
         if self.schedule().first_deadline().is_none_or(|d| d > now) {
             return Ok(Vec::new());
         }
-        let found = sqlx::query_as(&format!(
-            "SELECT {WATCH_COLS} FROM watches WHERE outcome IS NULL AND deadline IS NOT NULL AND deadline <= ?1
-             ORDER BY deadline LIMIT ?2"
-        ))
-        .bind(now)
-        .bind(limit as i64)
-        .fetch_all(&self.reader)
-        .await?;
-        Ok(self.current(rows::watches(found)?))
+        let found = Portable(&self.reader).expired_watches(now, limit).await?;
+        Ok(self.current(found))
     }
 
     pub(super) async fn next_wakeup_in(&self, lane: Lane<'_>) -> Result<Option<Millis>> {

@@ -1,7 +1,6 @@
 //! Webhook deliveries: claims (leased in memory), attempts, retries, listings.
 
-use sqlx::{QueryBuilder, Sqlite};
-
+use super::queries::Portable;
 use super::*;
 
 /// id -> the lease's end (a poll or attempt that never reports frees it then).
@@ -104,40 +103,6 @@ impl SqliteStore {
         .rows_affected())
     }
 
-    pub(super) async fn deliveries_of_watch(
-        &self,
-        wid: i64,
-        generation: i64,
-    ) -> Result<Vec<DeliveryRecord>> {
-        Ok(sqlx::query_as(&format!(
-            "SELECT {DELIVERY_COLS} FROM deliveries WHERE wid = ?1
-             AND eid IN (SELECT eid FROM events WHERE wid = ?1 AND generation = ?2) ORDER BY did"
-        ))
-        .bind(wid)
-        .bind(generation)
-        .fetch_all(&self.reader)
-        .await?)
-    }
-
-    pub(super) async fn list_deliveries(
-        &self,
-        status: Option<DeliveryStatus>,
-        limit: u32,
-        after: Option<i64>,
-    ) -> Result<Vec<DeliveryRecord>> {
-        let mut q = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {DELIVERY_COLS} FROM deliveries WHERE true"
-        ));
-        if let Some(s) = status {
-            q.push(" AND status = ").push_bind(s.as_str());
-        }
-        if let Some(after) = after {
-            q.push(" AND did < ").push_bind(after);
-        }
-        q.push(" ORDER BY did DESC LIMIT ").push_bind(limit as i64);
-        Ok(q.build_query_as().fetch_all(&self.reader).await?)
-    }
-
     pub(super) async fn attempts_of(&self, did: i64) -> Result<Vec<AttemptRecord>> {
         Ok(sqlx::query_as(&format!(
             "SELECT {ATTEMPT_COLS} FROM attempts WHERE did = ?1 ORDER BY aid"
@@ -145,33 +110,6 @@ impl SqliteStore {
         .bind(did)
         .fetch_all(&self.reader)
         .await?)
-    }
-
-    pub(super) async fn retry_delivery(&self, did: i64, now: Millis) -> Result<Retried> {
-        let mut tx = self.writer.begin().await?;
-        let row = sqlx::query_as(&format!(
-            "UPDATE deliveries SET status = 'pending', next_attempt_at = ?2, leased_until = NULL
-             WHERE did = ?1 AND status IN ('dead', 'gone') RETURNING {DELIVERY_COLS}"
-        ))
-        .bind(did)
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let result = match row {
-            Some(row) => Retried::Now(row),
-            None => match sqlx::query_as(&format!(
-                "SELECT {DELIVERY_COLS} FROM deliveries WHERE did = ?1"
-            ))
-            .bind(did)
-            .fetch_optional(&mut *tx)
-            .await?
-            {
-                Some(row) => Retried::NotRetryable(row),
-                None => Retried::Unknown,
-            },
-        };
-        tx.commit().await?;
-        Ok(result)
     }
 
     pub(super) async fn next_delivery_at(&self) -> Result<Option<Millis>> {
@@ -185,6 +123,31 @@ impl SqliteStore {
         .bind(self.delivery_leases.held(now_ms()))
         .fetch_optional(&self.reader)
         .await?)
+    }
+
+    pub(super) async fn deliveries_of_watch(
+        &self,
+        wid: i64,
+        generation: i64,
+    ) -> Result<Vec<DeliveryRecord>> {
+        Portable(&self.reader)
+            .deliveries_of_watch(wid, generation)
+            .await
+    }
+
+    pub(super) async fn list_deliveries(
+        &self,
+        status: Option<DeliveryStatus>,
+        limit: u32,
+        after: Option<i64>,
+    ) -> Result<Vec<DeliveryRecord>> {
+        Portable(&self.reader)
+            .list_deliveries(status, limit, after)
+            .await
+    }
+
+    pub(super) async fn retry_delivery(&self, did: i64, now: Millis) -> Result<Retried> {
+        Portable(&self.writer).retry_delivery(did, now).await
     }
 }
 

@@ -36,9 +36,10 @@ use std::time::Duration;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection, SqlitePool};
 
+use super::queries;
 use super::rows::{
-    self, json_text, new_webhook_id, stored_durations, WatchRow, ATTEMPT_COLS, DELIVERY_COLS,
-    WATCHES_AS_JSON, WATCH_COLS,
+    self, json_text, new_webhook_id, WatchRow, ATTEMPT_COLS, DELIVERY_COLS, WATCHES_AS_JSON,
+    WATCH_COLS,
 };
 use super::schedule::{Lane, Schedule};
 use super::*;

@@ -1,8 +1,7 @@
 //! What the API asks of watches: start them, read them, list them, cancel them;
 //! and forgetting the ended ones past retention.
 
-use sqlx::{QueryBuilder, Sqlite};
-
+use super::queries::Portable;
 use super::results::apply_watch_group;
 use super::*;
 
@@ -41,22 +40,12 @@ impl SqliteStore {
         for (wid, next) in &started {
             schedule.add(*wid, new.kind, *next, new.deadline);
         }
-        let started = started.len() as u64;
-        Ok(Ingested {
-            new: started,
-            already_watching: new.ids.len() as u64 - started,
-        })
+        Ok(Ingested::of(new, started.len()))
     }
 
     pub(super) async fn get_watch(&self, kind: Kind, job_id: &str) -> Result<Option<WatchRecord>> {
-        let row: Option<WatchRow> = sqlx::query_as(&format!(
-            "SELECT {WATCH_COLS} FROM watches WHERE kind = ?1 AND job_id = ?2"
-        ))
-        .bind(kind.as_str())
-        .bind(job_id)
-        .fetch_optional(&self.reader)
-        .await?;
-        Ok(self.current(rows::watches(row)?).pop())
+        let found = Portable(&self.reader).get_watch(kind, job_id).await?;
+        Ok(self.current(found.into_iter().collect()).pop())
     }
 
     pub(super) async fn list_watches(
@@ -65,43 +54,19 @@ impl SqliteStore {
         limit: u32,
         after: Option<Cursor>,
     ) -> Result<Vec<WatchRecord>> {
-        let mut q =
-            QueryBuilder::<Sqlite>::new(format!("SELECT {WATCH_COLS} FROM watches WHERE true"));
-        if let Some(kind) = filter.kind {
-            q.push(" AND kind = ").push_bind(kind.as_str());
+        // The file must know every state to select by it.
+        if filter.state.is_some() && self.schedule().held() > 0 {
+            self.write_unwritten(true).await?;
         }
-        if let Some(state) = &filter.state {
-            // The file must know every state to select by it.
-            if self.schedule().held() > 0 {
-                self.write_unwritten(true).await?;
-            }
-            q.push(" AND state = ").push_bind(state.clone());
-        }
-        if let Some(outcome) = filter.outcome {
-            q.push(" AND outcome = ").push_bind(outcome.as_str());
-        }
-        match filter.running {
-            Some(true) => {
-                q.push(" AND outcome IS NULL");
-            }
-            Some(false) => {
-                q.push(" AND outcome IS NOT NULL");
-            }
-            None => {}
-        }
-        if let Some(c) = after {
-            q.push(" AND (watched_at < ")
-                .push_bind(c.watched_at)
-                .push(" OR (watched_at = ")
-                .push_bind(c.watched_at)
-                .push(" AND wid < ")
-                .push_bind(c.wid)
-                .push("))");
-        }
-        q.push(" ORDER BY watched_at DESC, wid DESC LIMIT ")
-            .push_bind(limit as i64);
-        let found = q.build_query_as().fetch_all(&self.reader).await?;
-        Ok(self.current(rows::watches(found)?))
+        let found = Portable(&self.reader)
+            .list_watches(
+                filter,
+                limit,
+                after,
+                "(watched_at < {at} OR (watched_at = {at} AND wid < {wid}))",
+            )
+            .await?;
+        Ok(self.current(found))
     }
 
     pub(super) async fn cancel_watch(
