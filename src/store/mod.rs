@@ -175,9 +175,10 @@ pub type DynStore = Arc<dyn Store>;
 
 /// `impl Store for $store`, each method the store's own method of the same name,
 /// written in the file of what it owns (`sqlite/claims.rs`, `postgres/deliveries.rs`,
-/// ...): one table for every database, so a new method is added to the trait,
-/// here, and to each database. Items after the name (in braces) are the store's
-/// own overrides of the trait's provided methods.
+/// ...), or the query both databases share (`queries.rs`, through the store's
+/// `reads()` or `writes()`): one table for every database, so a new method is
+/// added to the trait, here, and to each database (or to `queries.rs`). Items
+/// after the name (in braces) are the store's overrides of provided methods.
 macro_rules! store_impl {
     ($store:ty { $($own:tt)* }) => {
         #[async_trait::async_trait]
@@ -195,16 +196,16 @@ macro_rules! store_impl {
             async fn claim_due_deliveries(&self, now: Millis, limit: u32, lease_until: Millis) -> Result<Vec<DueDelivery>> { <$store>::claim_due_deliveries(self, now, limit, lease_until).await }
             async fn record_attempts(&self, results: &[AttemptResult]) -> Result<()> { <$store>::record_attempts(self, results).await }
             async fn stop_deliveries_to(&self, url: &str) -> Result<u64> { <$store>::stop_deliveries_to(self, url).await }
-            async fn deliveries_of_watch(&self, wid: i64, generation: i64) -> Result<Vec<DeliveryRecord>> { <$store>::deliveries_of_watch(self, wid, generation).await }
-            async fn list_deliveries(&self, status: Option<DeliveryStatus>, limit: u32, after: Option<i64>) -> Result<Vec<DeliveryRecord>> { <$store>::list_deliveries(self, status, limit, after).await }
-            async fn attempts_of(&self, did: i64) -> Result<Vec<AttemptRecord>> { <$store>::attempts_of(self, did).await }
-            async fn retry_delivery(&self, did: i64, now: Millis) -> Result<Retried> { <$store>::retry_delivery(self, did, now).await }
+            async fn deliveries_of_watch(&self, wid: i64, generation: i64) -> Result<Vec<DeliveryRecord>> { <$store>::reads(self).deliveries_of_watch(wid, generation).await }
+            async fn list_deliveries(&self, status: Option<DeliveryStatus>, limit: u32, after: Option<i64>) -> Result<Vec<DeliveryRecord>> { <$store>::reads(self).list_deliveries(status, limit, after).await }
+            async fn attempts_of(&self, did: i64) -> Result<Vec<AttemptRecord>> { <$store>::reads(self).attempts_of(did).await }
+            async fn retry_delivery(&self, did: i64, now: Millis) -> Result<Retried> { <$store>::writes(self).retry_delivery(did, now).await }
             async fn next_delivery_at(&self) -> Result<Option<Millis>> { <$store>::next_delivery_at(self).await }
-            async fn event_positions(&self) -> Result<EventPositions> { <$store>::event_positions(self).await }
+            async fn event_positions(&self) -> Result<EventPositions> { <$store>::reads(self).event_positions().await }
             async fn events_between(&self, after: i64, upto: i64, filter: &EventFilter, limit: u32) -> Result<Vec<StreamedEvent>> { <$store>::events_between(self, after, upto, filter, limit).await }
             async fn counts(&self, now: Millis) -> Result<Counts> { <$store>::counts(self, now).await }
-            async fn load_durations(&self) -> Result<Vec<StoredDurations>> { <$store>::load_durations(self).await }
-            async fn save_durations(&self, rows: &[StoredDurations], now: Millis) -> Result<()> { <$store>::save_durations(self, rows, now).await }
+            async fn load_durations(&self) -> Result<Vec<StoredDurations>> { <$store>::reads(self).load_durations().await }
+            async fn save_durations(&self, rows: &[StoredDurations], now: Millis) -> Result<()> { <$store>::writes(self).save_durations(rows, now).await }
             async fn prune(&self, before: Millis, limit: u32) -> Result<u64> { <$store>::prune(self, before, limit).await }
             async fn ping(&self) -> Result<()> { <$store>::ping(self).await }
             async fn close(&self) { <$store>::close(self).await }

@@ -6,7 +6,8 @@
 use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Pool, Type};
 
 use super::rows::{
-    self, stored_durations, WatchRow, DELIVERY_COLS, LOAD_DURATIONS, SAVE_DURATION, WATCH_COLS,
+    self, stored_durations, WatchRow, ATTEMPT_COLS, DELIVERY_COLS, EVENT_POSITIONS, LOAD_DURATIONS,
+    SAVE_DURATION, WATCH_COLS,
 };
 use super::*;
 
@@ -26,7 +27,9 @@ where
     for<'q> i64: Encode<'q, DB> + Type<DB>,
     for<'r> WatchRow: FromRow<'r, DB::Row>,
     for<'r> DeliveryRecord: FromRow<'r, DB::Row>,
+    for<'r> AttemptRecord: FromRow<'r, DB::Row>,
     for<'r> (String, String, Vec<u8>): FromRow<'r, DB::Row>,
+    for<'r> EventPositions: FromRow<'r, DB::Row>,
 {
     /// The watch, as stored.
     pub async fn get_watch(&self, kind: Kind, job_id: &str) -> Result<Option<WatchRecord>> {
@@ -79,6 +82,10 @@ where
         );
         let found: Vec<WatchRow> = args.bind(sqlx::query_as(&sql)).fetch_all(self.0).await?;
         rows::watches(found)
+    }
+
+    pub async fn event_positions(&self) -> Result<EventPositions> {
+        Ok(sqlx::query_as(EVENT_POSITIONS).fetch_one(self.0).await?)
     }
 
     /// Running watches whose deadline is at or before `now`, earliest first.
@@ -150,6 +157,15 @@ where
         }
         sql += &format!(" ORDER BY did DESC LIMIT {}", args.int(limit as i64));
         Ok(args.bind(sqlx::query_as(&sql)).fetch_all(self.0).await?)
+    }
+
+    pub async fn attempts_of(&self, did: i64) -> Result<Vec<AttemptRecord>> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {ATTEMPT_COLS} FROM attempts WHERE did = $1 ORDER BY aid"
+        ))
+        .bind(did)
+        .fetch_all(self.0)
+        .await?)
     }
 
     /// Send a dead (or gone) delivery again.

@@ -1,7 +1,6 @@
 //! Claims of due watches (`FOR UPDATE SKIP LOCKED` and a lease), deadlines, and
 //! the spread of overdue polls after a restart.
 
-use super::queries::Portable;
 use super::*;
 
 impl PgStore {
@@ -35,7 +34,7 @@ impl PgStore {
         now: Millis,
         limit: u32,
     ) -> Result<Vec<WatchRecord>> {
-        Portable(&self.pool).expired_watches(now, limit).await
+        self.reads().expired_watches(now, limit).await
     }
 
     pub(super) async fn next_wakeup_in(&self, lane: Lane<'_>) -> Result<Option<Millis>> {

@@ -1,6 +1,5 @@
 //! Webhook deliveries: claims, attempts, retries, listings.
 
-use super::queries::Portable;
 use super::*;
 
 impl PgStore {
@@ -76,45 +75,11 @@ impl PgStore {
         .rows_affected())
     }
 
-    pub(super) async fn attempts_of(&self, did: i64) -> Result<Vec<AttemptRecord>> {
-        Ok(sqlx::query_as(&format!(
-            "SELECT {ATTEMPT_COLS} FROM attempts WHERE did = $1 ORDER BY aid"
-        ))
-        .bind(did)
-        .fetch_all(&self.pool)
-        .await?)
-    }
-
     pub(super) async fn next_delivery_at(&self) -> Result<Option<Millis>> {
         Ok(sqlx::query_scalar(
             "SELECT min(next_attempt_at) FROM deliveries WHERE status IN ('pending', 'retrying')",
         )
         .fetch_one(&self.pool)
         .await?)
-    }
-
-    pub(super) async fn deliveries_of_watch(
-        &self,
-        wid: i64,
-        generation: i64,
-    ) -> Result<Vec<DeliveryRecord>> {
-        Portable(&self.pool)
-            .deliveries_of_watch(wid, generation)
-            .await
-    }
-
-    pub(super) async fn list_deliveries(
-        &self,
-        status: Option<DeliveryStatus>,
-        limit: u32,
-        after: Option<i64>,
-    ) -> Result<Vec<DeliveryRecord>> {
-        Portable(&self.pool)
-            .list_deliveries(status, limit, after)
-            .await
-    }
-
-    pub(super) async fn retry_delivery(&self, did: i64, now: Millis) -> Result<Retried> {
-        Portable(&self.pool).retry_delivery(did, now).await
     }
 }

@@ -8,7 +8,6 @@
 mod claims;
 mod counts;
 mod deliveries;
-mod durations;
 mod events;
 mod results;
 mod watches;
@@ -17,10 +16,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres};
 
 use super::queries;
-use super::rows::{self, WatchRow, ATTEMPT_COLS, DELIVERY_COLS, WATCH_COLS};
+use super::rows::{self, WatchRow, DELIVERY_COLS, WATCH_COLS};
 use super::*;
 pub use counts::COUNT_QUERIES;
 
@@ -45,6 +44,15 @@ impl PgStore {
         check_is_ours(&pool, url).await?;
         MIGRATOR.run(&pool).await?;
         Ok(PgStore { pool })
+    }
+
+    /// The queries both databases share (reads and writes alike on the pool).
+    fn reads(&self) -> queries::Portable<'_, Postgres> {
+        queries::Portable(&self.pool)
+    }
+
+    fn writes(&self) -> queries::Portable<'_, Postgres> {
+        self.reads()
     }
 
     pub(super) fn pool(&self) -> &PgPool {

@@ -1,7 +1,6 @@
 //! What the API asks of watches: start them, read them, list them, cancel them;
 //! and forgetting the ended ones past retention.
 
-use super::queries::Portable;
 use super::results::{insert_event, lock_event_positions, set_event_positions};
 use super::*;
 
@@ -35,7 +34,7 @@ impl PgStore {
     }
 
     pub(super) async fn get_watch(&self, kind: Kind, job_id: &str) -> Result<Option<WatchRecord>> {
-        Portable(&self.pool).get_watch(kind, job_id).await
+        self.reads().get_watch(kind, job_id).await
     }
 
     pub(super) async fn list_watches(
@@ -44,7 +43,7 @@ impl PgStore {
         limit: u32,
         after: Option<Cursor>,
     ) -> Result<Vec<WatchRecord>> {
-        Portable(&self.pool)
+        self.reads()
             .list_watches(filter, limit, after, "(watched_at, wid) < ({at}, {wid})")
             .await
     }

@@ -1,7 +1,6 @@
 //! Which running watch is polled next: the schedule in memory, read from the file
 //! at start, claims, deadlines, and the spread of overdue polls after a restart.
 
-use super::queries::Portable;
 use super::*;
 
 impl SqliteStore {
@@ -91,7 +90,7 @@ impl SqliteStore {
         if self.schedule().first_deadline().is_none_or(|d| d > now) {
             return Ok(Vec::new());
         }
-        let found = Portable(&self.reader).expired_watches(now, limit).await?;
+        let found = self.reads().expired_watches(now, limit).await?;
         Ok(self.current(found))
     }
 

@@ -1,6 +1,5 @@
 //! Webhook deliveries: claims (leased in memory), attempts, retries, listings.
 
-use super::queries::Portable;
 use super::*;
 
 /// id -> the lease's end (a poll or attempt that never reports frees it then).
@@ -103,15 +102,6 @@ impl SqliteStore {
         .rows_affected())
     }
 
-    pub(super) async fn attempts_of(&self, did: i64) -> Result<Vec<AttemptRecord>> {
-        Ok(sqlx::query_as(&format!(
-            "SELECT {ATTEMPT_COLS} FROM attempts WHERE did = ?1 ORDER BY aid"
-        ))
-        .bind(did)
-        .fetch_all(&self.reader)
-        .await?)
-    }
-
     pub(super) async fn next_delivery_at(&self) -> Result<Option<Millis>> {
         // Leased deliveries are being sent: not due.
         Ok(sqlx::query_scalar(
@@ -123,31 +113,6 @@ impl SqliteStore {
         .bind(self.delivery_leases.held(now_ms()))
         .fetch_optional(&self.reader)
         .await?)
-    }
-
-    pub(super) async fn deliveries_of_watch(
-        &self,
-        wid: i64,
-        generation: i64,
-    ) -> Result<Vec<DeliveryRecord>> {
-        Portable(&self.reader)
-            .deliveries_of_watch(wid, generation)
-            .await
-    }
-
-    pub(super) async fn list_deliveries(
-        &self,
-        status: Option<DeliveryStatus>,
-        limit: u32,
-        after: Option<i64>,
-    ) -> Result<Vec<DeliveryRecord>> {
-        Portable(&self.reader)
-            .list_deliveries(status, limit, after)
-            .await
-    }
-
-    pub(super) async fn retry_delivery(&self, did: i64, now: Millis) -> Result<Retried> {
-        Portable(&self.writer).retry_delivery(did, now).await
     }
 }
 

@@ -1,15 +1,9 @@
 //! The event stream (`GET /v1/events`): positions and pages of stored events.
 
-use super::rows::{EVENT_POSITIONS, STREAMED_EVENT_COLS};
+use super::rows::STREAMED_EVENT_COLS;
 use super::*;
 
 impl SqliteStore {
-    pub(super) async fn event_positions(&self) -> Result<EventPositions> {
-        Ok(sqlx::query_as(EVENT_POSITIONS)
-            .fetch_one(&self.reader)
-            .await?)
-    }
-
     pub(super) async fn events_between(
         &self,
         after: i64,

@@ -24,7 +24,6 @@ mod checkpoints;
 mod claims;
 mod counts;
 mod deliveries;
-mod durations;
 mod events;
 mod file;
 mod results;
@@ -34,12 +33,11 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{ConnectOptions, Connection, SqlitePool};
+use sqlx::{ConnectOptions, Connection, Sqlite, SqlitePool};
 
 use super::queries;
 use super::rows::{
-    self, json_text, new_webhook_id, WatchRow, ATTEMPT_COLS, DELIVERY_COLS, WATCHES_AS_JSON,
-    WATCH_COLS,
+    self, json_text, new_webhook_id, WatchRow, DELIVERY_COLS, WATCHES_AS_JSON, WATCH_COLS,
 };
 use super::schedule::{Lane, Schedule};
 use super::*;
@@ -208,6 +206,16 @@ impl SqliteStore {
     pub fn with_unwritten_bound(mut self, bound: usize) -> SqliteStore {
         self.unwritten_bound = bound.max(1);
         self
+    }
+
+    /// The queries both databases share, on the pool for reads.
+    fn reads(&self) -> queries::Portable<'_, Sqlite> {
+        queries::Portable(&self.reader)
+    }
+
+    /// The same, on the one writer connection.
+    fn writes(&self) -> queries::Portable<'_, Sqlite> {
+        queries::Portable(&self.writer)
     }
 
     fn schedule(&self) -> std::sync::MutexGuard<'_, Schedule> {

@@ -1,7 +1,6 @@
 //! What the API asks of watches: start them, read them, list them, cancel them;
 //! and forgetting the ended ones past retention.
 
-use super::queries::Portable;
 use super::results::apply_watch_group;
 use super::*;
 
@@ -44,7 +43,7 @@ impl SqliteStore {
     }
 
     pub(super) async fn get_watch(&self, kind: Kind, job_id: &str) -> Result<Option<WatchRecord>> {
-        let found = Portable(&self.reader).get_watch(kind, job_id).await?;
+        let found = self.reads().get_watch(kind, job_id).await?;
         Ok(self.current(found.into_iter().collect()).pop())
     }
 
@@ -58,7 +57,8 @@ impl SqliteStore {
         if filter.state.is_some() && self.schedule().held() > 0 {
             self.write_unwritten(true).await?;
         }
-        let found = Portable(&self.reader)
+        let found = self
+            .reads()
             .list_watches(
                 filter,
                 limit,
