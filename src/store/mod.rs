@@ -8,6 +8,8 @@
 
 pub mod postgres;
 pub mod pruner;
+mod queries;
+mod records;
 pub mod replicas;
 mod rows;
 pub mod schedule;
@@ -16,9 +18,8 @@ pub mod writer;
 
 use std::sync::Arc;
 
-use serde::Serialize;
-
 use crate::model::{Kind, Outcome};
+pub use records::*;
 pub use schedule::Lane;
 
 pub type Millis = i64;
@@ -44,304 +45,8 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// Attributes the upstream reported, stored as given (every one may be missing).
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct UpstreamFields {
-    pub created: Option<String>,
-    pub started: Option<String>,
-    pub ended: Option<String>,
-    pub errors: Option<serde_json::Value>,
-}
-
-/// One watch, as stored.
-#[derive(Debug, Clone, PartialEq)]
-pub struct WatchRecord {
-    pub wid: i64,
-    pub kind: Kind,
-    pub job_id: String,
-    pub generation: i64,
-    pub webhook_url: Option<String>,
-    pub metadata: Option<serde_json::Value>,
-    pub watched_at: Millis,
-    pub deadline: Option<Millis>,
-    pub state: Option<String>,
-    pub upstream: UpstreamFields,
-    pub outcome: Option<Outcome>,
-    pub outcome_at: Option<Millis>,
-    pub last_poll_at: Option<Millis>,
-    pub next_poll_at: Option<Millis>,
-    pub interval_ms: i64,
-    pub poll_count: i64,
-    pub error_count: i64,
-    pub consecutive_errors: i64,
-    pub last_error: Option<String>,
-    pub not_found_since: Option<Millis>,
-}
-
-impl WatchRecord {
-    /// A running watch `wid` (`copy` of job `j{wid}`), never polled, due at 0:
-    /// the base that unit tests change what they need of.
-    #[cfg(test)]
-    pub fn sample(wid: i64) -> WatchRecord {
-        WatchRecord {
-            wid,
-            kind: Kind::COPY,
-            job_id: format!("j{wid}"),
-            generation: 1,
-            webhook_url: None,
-            metadata: None,
-            watched_at: 0,
-            deadline: None,
-            state: None,
-            upstream: UpstreamFields::default(),
-            outcome: None,
-            outcome_at: None,
-            last_poll_at: None,
-            next_poll_at: Some(0),
-            interval_ms: 2000,
-            poll_count: 0,
-            error_count: 0,
-            consecutive_errors: 0,
-            last_error: None,
-            not_found_since: None,
-        }
-    }
-}
-
-/// A POST's worth of new watches: the ids share everything else.
-#[derive(Debug, Clone)]
-pub struct NewWatches {
-    pub kind: Kind,
-    /// Distinct, validated ids.
-    pub ids: Vec<String>,
-    pub webhook_url: Option<String>,
-    pub metadata: Option<serde_json::Value>,
-    pub deadline: Option<Millis>,
-    pub now: Millis,
-    /// The first poll falls in `[now + first_poll_min, now + first_poll_min + first_poll_spread)`.
-    pub first_poll_min: Millis,
-    pub first_poll_spread: Millis,
-    pub interval_ms: i64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Ingested {
-    /// Watches started by this request (new ids, and new generations of ended ones).
-    pub new: u64,
-    /// Ids that were already being watched: unchanged.
-    pub already_watching: u64,
-}
-
-#[derive(Debug, Clone, Default)]
-pub struct ListFilter {
-    pub kind: Option<Kind>,
-    pub state: Option<String>,
-    pub outcome: Option<Outcome>,
-    /// Only running (`Some(true)`) or only ended (`Some(false)`) watches.
-    pub running: Option<bool>,
-}
-
-/// Keyset position in the newest-first listing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cursor {
-    pub watched_at: Millis,
-    pub wid: i64,
-}
-
-impl Cursor {
-    pub fn encode(self) -> String {
-        format!("{}.{}", self.watched_at, self.wid)
-    }
-    pub fn decode(s: &str) -> Option<Cursor> {
-        let (a, b) = s.split_once('.')?;
-        Some(Cursor {
-            watched_at: a.parse().ok()?,
-            wid: b.parse().ok()?,
-        })
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Cancelled {
-    Now(WatchRecord),
-    AlreadyEnded(WatchRecord),
-    Unknown,
-}
-
-/// Where a delivery goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Target {
-    /// The watch's own `webhook_url`, signed with `webhooks.signing_secret`.
-    Watch,
-    /// A configured endpoint (`[[webhooks.endpoints]]`), signed with its own secret.
-    Endpoint,
-}
-
-impl Target {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Target::Watch => "watch",
-            Target::Endpoint => "endpoint",
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct NewDelivery {
-    pub target: Target,
-    pub url: String,
-}
-
-/// The event of an outcome, written in the same transaction as the outcome.
-#[derive(Debug, Clone)]
-pub struct NewEvent {
-    pub event_type: &'static str,
-    pub body: String,
-    pub deliveries: Vec<NewDelivery>,
-}
-
-/// A watch's next values after a poll (or a deadline, or a cancellation).
-/// Applied only if the watch is still running in the same generation.
-#[derive(Debug, Clone)]
-pub struct WatchUpdate {
-    pub record: WatchRecord,
-    pub event: Option<NewEvent>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum DeliveryStatus {
-    Pending,
-    Retrying,
-    Delivered,
-    Dead,
-    /// The receiver answered 410: nothing more is sent to it for this event.
-    Gone,
-}
-
-impl DeliveryStatus {
-    pub const ALL: [DeliveryStatus; 5] = [
-        DeliveryStatus::Pending,
-        DeliveryStatus::Retrying,
-        DeliveryStatus::Delivered,
-        DeliveryStatus::Dead,
-        DeliveryStatus::Gone,
-    ];
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeliveryStatus::Pending => "pending",
-            DeliveryStatus::Retrying => "retrying",
-            DeliveryStatus::Delivered => "delivered",
-            DeliveryStatus::Dead => "dead",
-            DeliveryStatus::Gone => "gone",
-        }
-    }
-    pub fn parse(s: &str) -> Option<DeliveryStatus> {
-        DeliveryStatus::ALL.into_iter().find(|d| d.as_str() == s)
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct DeliveryRecord {
-    pub did: i64,
-    pub eid: i64,
-    pub wid: i64,
-    pub webhook_id: String,
-    pub target: Target,
-    pub url: String,
-    pub status: DeliveryStatus,
-    pub attempts: i64,
-    pub next_attempt_at: Option<Millis>,
-    pub last_status: Option<i64>,
-    pub last_error: Option<String>,
-    pub created_at: Millis,
-    pub delivered_at: Option<Millis>,
-}
-
-/// A claimed delivery with what it sends.
-#[derive(Debug, Clone)]
-pub struct DueDelivery {
-    pub delivery: DeliveryRecord,
-    pub event_type: String,
-    pub body: String,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct AttemptRecord {
-    pub at: Millis,
-    pub status_code: Option<i64>,
-    pub error: Option<String>,
-    pub duration_ms: i64,
-    pub response: Option<String>,
-}
-
-#[derive(Debug, Clone)]
-pub enum Retried {
-    Now(DeliveryRecord),
-    /// Only dead and gone deliveries can be sent again; this one is not.
-    NotRetryable(DeliveryRecord),
-    Unknown,
-}
-
-/// What the dispatcher decided after an attempt.
-#[derive(Debug, Clone)]
-pub struct AttemptResult {
-    pub did: i64,
-    pub attempt: AttemptRecord,
-    pub next: DeliveryStatus,
-    pub next_attempt_at: Option<Millis>,
-}
-
-/// One stored event as `GET /v1/events` sends it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StreamedEvent {
-    /// The event's eid: its place in the stream (the SSE `id`).
-    pub position: i64,
-    pub event_type: String,
-    pub kind: String,
-    /// The webhook body, exactly as the deliveries send it.
-    pub body: String,
-}
-
-/// Where the stream of events stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct EventPositions {
-    /// The position of the newest event ever written (0 before the first), pruned
-    /// or not. Every event up to it is committed: positions are given in commit order.
-    pub newest: i64,
-    /// The oldest event still kept (`None` when none is).
-    pub oldest: Option<i64>,
-}
-
-/// Which events a stream wants (`None`: all).
-#[derive(Debug, Clone, Default)]
-pub struct EventFilter {
-    pub types: Option<Vec<&'static str>>,
-    pub kinds: Option<Vec<Kind>>,
-}
-
-/// What the learned cadence knows of one kind's durations (or of one group of a
-/// kind: the values of the metadata key `poller.learn_by`), in the stored form
-/// of `poller::history::Summary`. The store keeps the bytes; it does not read them.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StoredDurations {
-    pub kind: Kind,
-    /// `""` for the kind's own summary.
-    pub group: String,
-    pub summary: Vec<u8>,
-}
-
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Counts {
-    /// (state or null, number) of running watches.
-    pub running_by_state: Vec<(Option<String>, i64)>,
-    pub ended_by_outcome: Vec<(String, i64)>,
-    pub running: i64,
-    pub overdue: i64,
-    pub oldest_running: Option<(Kind, String, Millis)>,
-    pub deliveries_by_status: Vec<(String, i64)>,
-}
+/// A running watch this late for its poll is overdue ([`Counts::overdue`]).
+pub const OVERDUE_AFTER: Millis = 5_000;
 
 /// What [`Store::hold`] did with a poll result.
 // Declined carries the result back (no allocation on either path).
@@ -419,6 +124,8 @@ pub trait Store: Send + Sync + 'static {
         Hold::Declined(update)
     }
     /// Write the poll results kept in memory; returns how many watches it wrote.
+    /// (A store may do other deferred upkeep here: PostgreSQL folds the rows of
+    /// its counters.)
     async fn checkpoint(&self) -> Result<u64> {
         Ok(0)
     }
@@ -462,6 +169,8 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<StreamedEvent>>;
 
+    /// What `/v1/status` and `/metrics` show, from counters the database keeps
+    /// in the transaction of each write: no read of every watch or delivery.
     async fn counts(&self, now: Millis) -> Result<Counts>;
     /// Every stored duration summary (read once, at start).
     async fn load_durations(&self) -> Result<Vec<StoredDurations>>;
@@ -481,6 +190,48 @@ pub trait Store: Send + Sync + 'static {
 }
 
 pub type DynStore = Arc<dyn Store>;
+
+/// `impl Store for $store`, each method the store's own method of the same name,
+/// written in the file of what it owns (`sqlite/claims.rs`, `postgres/deliveries.rs`,
+/// ...), or the query both databases share (`queries.rs`, through the store's
+/// `reads()` or `writes()`): one table for every database, so a new method is
+/// added to the trait, here, and to each database (or to `queries.rs`). Items
+/// after the name (in braces) are the store's overrides of provided methods.
+macro_rules! store_impl {
+    ($store:ty { $($own:tt)* }) => {
+        #[async_trait::async_trait]
+        impl $crate::store::Store for $store {
+            async fn insert_watches(&self, new: &NewWatches) -> Result<Ingested> { <$store>::insert_watches(self, new).await }
+            async fn get_watch(&self, kind: Kind, job_id: &str) -> Result<Option<WatchRecord>> { <$store>::get_watch(self, kind, job_id).await }
+            async fn list_watches(&self, filter: &ListFilter, limit: u32, after: Option<Cursor>) -> Result<Vec<WatchRecord>> { <$store>::list_watches(self, filter, limit, after).await }
+            async fn cancel_watch(&self, kind: Kind, job_id: &str, now: Millis) -> Result<Cancelled> { <$store>::cancel_watch(self, kind, job_id, now).await }
+            async fn claim_due_watches_in(&self, lane: Lane<'_>, now: Millis, limit: u32, lease_until: Millis) -> Result<Vec<WatchRecord>> { <$store>::claim_due_watches_in(self, lane, now, limit, lease_until).await }
+            async fn expired_watches(&self, now: Millis, limit: u32) -> Result<Vec<WatchRecord>> { <$store>::expired_watches(self, now, limit).await }
+            async fn next_wakeup_in(&self, lane: Lane<'_>) -> Result<Option<Millis>> { <$store>::next_wakeup_in(self, lane).await }
+            async fn recover(&self, now: Millis, spread: Millis) -> Result<u64> { <$store>::recover(self, now, spread).await }
+            async fn count_due(&self, now: Millis) -> Result<u64> { <$store>::count_due(self, now).await }
+            async fn apply_watch_updates(&self, updates: &[WatchUpdate]) -> Result<Vec<bool>> { <$store>::apply_watch_updates(self, updates).await }
+            async fn claim_due_deliveries(&self, now: Millis, limit: u32, lease_until: Millis) -> Result<Vec<DueDelivery>> { <$store>::claim_due_deliveries(self, now, limit, lease_until).await }
+            async fn record_attempts(&self, results: &[AttemptResult]) -> Result<()> { <$store>::record_attempts(self, results).await }
+            async fn stop_deliveries_to(&self, url: &str) -> Result<u64> { <$store>::stop_deliveries_to(self, url).await }
+            async fn deliveries_of_watch(&self, wid: i64, generation: i64) -> Result<Vec<DeliveryRecord>> { <$store>::reads(self).deliveries_of_watch(wid, generation).await }
+            async fn list_deliveries(&self, status: Option<DeliveryStatus>, limit: u32, after: Option<i64>) -> Result<Vec<DeliveryRecord>> { <$store>::reads(self).list_deliveries(status, limit, after).await }
+            async fn attempts_of(&self, did: i64) -> Result<Vec<AttemptRecord>> { <$store>::reads(self).attempts_of(did).await }
+            async fn retry_delivery(&self, did: i64, now: Millis) -> Result<Retried> { <$store>::writes(self).retry_delivery(did, now).await }
+            async fn next_delivery_at(&self) -> Result<Option<Millis>> { <$store>::next_delivery_at(self).await }
+            async fn event_positions(&self) -> Result<EventPositions> { <$store>::reads(self).event_positions().await }
+            async fn events_between(&self, after: i64, upto: i64, filter: &EventFilter, limit: u32) -> Result<Vec<StreamedEvent>> { <$store>::events_between(self, after, upto, filter, limit).await }
+            async fn counts(&self, now: Millis) -> Result<Counts> { <$store>::counts(self, now).await }
+            async fn load_durations(&self) -> Result<Vec<StoredDurations>> { <$store>::reads(self).load_durations().await }
+            async fn save_durations(&self, rows: &[StoredDurations], now: Millis) -> Result<()> { <$store>::writes(self).save_durations(rows, now).await }
+            async fn prune(&self, before: Millis, limit: u32) -> Result<u64> { <$store>::prune(self, before, limit).await }
+            async fn ping(&self) -> Result<()> { <$store>::ping(self).await }
+            async fn close(&self) { <$store>::close(self).await }
+            $($own)*
+        }
+    };
+}
+use store_impl;
 
 /// The event a cancellation is kept as: in the stream, never delivered.
 pub fn cancelled_event(w: &WatchRecord) -> NewEvent {

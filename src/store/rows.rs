@@ -4,22 +4,46 @@
 
 use super::*;
 
-pub const WATCH_COLS: &str = "wid, kind, job_id, generation, webhook_url, metadata, watched_at, deadline, state, \
-    upstream_created, upstream_started, upstream_ended, upstream_errors, outcome, outcome_at, last_poll_at, \
-    next_poll_at, interval_ms, poll_count, error_count, consecutive_errors, last_error, not_found_since";
+/// The columns of a watch, in [`WatchRow`]'s order (which the JSON form keeps).
+macro_rules! watch_cols {
+    () => {
+        "wid, kind, job_id, generation, webhook_url, metadata, watched_at, deadline, state, \
+        upstream_created, upstream_started, upstream_ended, upstream_errors, outcome, outcome_at, \
+        last_poll_at, next_poll_at, interval_ms, poll_count, error_count, consecutive_errors, \
+        last_error, not_found_since"
+    };
+}
+
+pub const WATCH_COLS: &str = watch_cols!();
 
 /// The rows of a query as one JSON array of arrays (`SELECT {WATCHES_AS_JSON} FROM
 /// watches WHERE ...`): one value to hand over from sqlx's SQLite thread instead
 /// of a row (and a copy of each column) per watch. The claim reads this way.
-pub const WATCHES_AS_JSON: &str =
-    "json_group_array(json_array(wid, kind, job_id, generation, webhook_url, \
-    metadata, watched_at, deadline, state, upstream_created, upstream_started, upstream_ended, \
-    upstream_errors, outcome, outcome_at, last_poll_at, next_poll_at, interval_ms, poll_count, \
-    error_count, consecutive_errors, last_error, not_found_since))";
+pub const WATCHES_AS_JSON: &str = concat!("json_group_array(json_array(", watch_cols!(), "))");
 
+/// The columns of a [`DeliveryRecord`] (which decodes itself: `sqlx::FromRow`).
 pub const DELIVERY_COLS: &str =
     "did, eid, wid, webhook_id, target, url, status, attempts, next_attempt_at, \
     last_status, last_error, created_at, delivered_at";
+
+/// Where the stream of events stands, in one statement (one snapshot). On
+/// PostgreSQL the counter's committed value is safe to read without its lock:
+/// every eid up to it is committed (migration 0003).
+pub const EVENT_POSITIONS: &str =
+    "SELECT (SELECT last FROM event_positions WHERE id = 1) AS newest,
+    (SELECT min(eid) FROM events) AS oldest";
+
+/// The columns of a [`StreamedEvent`], from `events e JOIN watches w`.
+pub const STREAMED_EVENT_COLS: &str = "e.eid AS position, e.type AS event_type, w.kind, e.body";
+
+/// The stored duration summaries, and the statement that stores one.
+pub const LOAD_DURATIONS: &str = "SELECT kind, grp, summary FROM durations ORDER BY kind, grp";
+pub const SAVE_DURATION: &str = "INSERT INTO durations (kind, grp, summary, updated_at)
+    VALUES ($1, $2, $3, $4)
+    ON CONFLICT (kind, grp) DO UPDATE SET summary = excluded.summary, updated_at = excluded.updated_at";
+
+/// The columns of an [`AttemptRecord`].
+pub const ATTEMPT_COLS: &str = "at, status_code, error, duration_ms, response";
 
 /// Also read from a JSON array in `WATCH_COLS` order (serde takes a struct from a
 /// sequence, field by field): see [`WATCHES_AS_JSON`].
@@ -87,67 +111,22 @@ impl TryFrom<WatchRow> for WatchRecord {
     }
 }
 
-#[derive(sqlx::FromRow)]
-pub struct DeliveryRow {
-    did: i64,
-    eid: i64,
-    wid: i64,
-    webhook_id: String,
-    target: String,
-    url: String,
-    status: String,
-    attempts: i64,
-    next_attempt_at: Option<i64>,
-    last_status: Option<i64>,
-    last_error: Option<String>,
-    created_at: i64,
-    delivered_at: Option<i64>,
-}
-
-impl TryFrom<DeliveryRow> for DeliveryRecord {
+impl TryFrom<String> for Target {
     type Error = StoreError;
-    fn try_from(r: DeliveryRow) -> Result<DeliveryRecord> {
-        Ok(DeliveryRecord {
-            did: r.did,
-            eid: r.eid,
-            wid: r.wid,
-            webhook_id: r.webhook_id,
-            target: match r.target.as_str() {
-                "watch" => Target::Watch,
-                "endpoint" => Target::Endpoint,
-                other => return Err(StoreError::Corrupt(format!("delivery target {other:?}"))),
-            },
-            url: r.url,
-            status: DeliveryStatus::parse(&r.status)
-                .ok_or_else(|| StoreError::Corrupt(format!("delivery status {:?}", r.status)))?,
-            attempts: r.attempts,
-            next_attempt_at: r.next_attempt_at,
-            last_status: r.last_status,
-            last_error: r.last_error,
-            created_at: r.created_at,
-            delivered_at: r.delivered_at,
-        })
+    fn try_from(s: String) -> Result<Target> {
+        match s.as_str() {
+            "watch" => Ok(Target::Watch),
+            "endpoint" => Ok(Target::Endpoint),
+            other => Err(StoreError::Corrupt(format!("delivery target {other:?}"))),
+        }
     }
 }
 
-#[derive(sqlx::FromRow)]
-pub struct AttemptRow {
-    at: i64,
-    status_code: Option<i64>,
-    error: Option<String>,
-    duration_ms: i64,
-    response: Option<String>,
-}
-
-impl From<AttemptRow> for AttemptRecord {
-    fn from(r: AttemptRow) -> AttemptRecord {
-        AttemptRecord {
-            at: r.at,
-            status_code: r.status_code,
-            error: r.error,
-            duration_ms: r.duration_ms,
-            response: r.response,
-        }
+impl TryFrom<String> for DeliveryStatus {
+    type Error = StoreError;
+    fn try_from(s: String) -> Result<DeliveryStatus> {
+        DeliveryStatus::parse(&s)
+            .ok_or_else(|| StoreError::Corrupt(format!("delivery status {s:?}")))
     }
 }
 
@@ -158,12 +137,32 @@ pub fn watches_from_json(json: &str) -> Result<Vec<WatchRecord>> {
     watches(rows)
 }
 
-pub fn watches(rows: Vec<WatchRow>) -> Result<Vec<WatchRecord>> {
+pub fn watches(rows: impl IntoIterator<Item = WatchRow>) -> Result<Vec<WatchRecord>> {
     rows.into_iter().map(WatchRecord::try_from).collect()
 }
 
-pub fn deliveries(rows: Vec<DeliveryRow>) -> Result<Vec<DeliveryRecord>> {
-    rows.into_iter().map(DeliveryRecord::try_from).collect()
+/// Claimed deliveries with what they send: `events` are (eid, type, body).
+pub fn due_deliveries(
+    claimed: Vec<DeliveryRecord>,
+    events: Vec<(i64, String, String)>,
+) -> Result<Vec<DueDelivery>> {
+    let events: std::collections::HashMap<i64, (String, String)> = events
+        .into_iter()
+        .map(|(eid, event_type, body)| (eid, (event_type, body)))
+        .collect();
+    claimed
+        .into_iter()
+        .map(|d| {
+            let (event_type, body) = events.get(&d.eid).cloned().ok_or_else(|| {
+                StoreError::Corrupt(format!("delivery {} has no event {}", d.did, d.eid))
+            })?;
+            Ok(DueDelivery {
+                delivery: d,
+                event_type,
+                body,
+            })
+        })
+        .collect()
 }
 
 pub fn parse_json(s: Option<String>) -> Result<Option<serde_json::Value>> {
@@ -197,4 +196,56 @@ pub fn stored_durations(rows: Vec<(String, String, Vec<u8>)>) -> Vec<StoredDurat
 
 pub fn new_webhook_id() -> String {
     format!("msg_{}", ulid::Ulid::new())
+}
+
+/// The counters' rows, `(bucket, n)` (see the migration `counters`), as
+/// [`Counts`]: `held` are a store's state changes not in its counters yet
+/// (the state counted, the state now); `overdue` and `oldest` are as the store
+/// found them.
+pub fn counts<'a>(
+    buckets: Vec<(String, i64)>,
+    held: impl Iterator<Item = (&'a Option<String>, &'a Option<String>)>,
+    overdue: i64,
+    oldest: Option<(String, String, Millis)>,
+) -> Result<Counts> {
+    use std::collections::BTreeMap;
+    let mut by_state: BTreeMap<Option<String>, i64> = BTreeMap::new();
+    let mut by_outcome: BTreeMap<String, i64> = BTreeMap::new();
+    let mut by_status: BTreeMap<String, i64> = BTreeMap::new();
+    for (bucket, n) in buckets {
+        if let Some(state) = bucket.strip_prefix("running") {
+            let state = match state.strip_prefix(':') {
+                Some(s) => Some(s.to_string()),
+                None if state.is_empty() => None,
+                None => return Err(StoreError::Corrupt(format!("counter {bucket:?}"))),
+            };
+            *by_state.entry(state).or_default() += n;
+        } else if let Some(outcome) = bucket.strip_prefix("ended:") {
+            *by_outcome.entry(outcome.to_string()).or_default() += n;
+        } else if let Some(status) = bucket.strip_prefix("delivery:") {
+            *by_status.entry(status.to_string()).or_default() += n;
+        } else {
+            return Err(StoreError::Corrupt(format!("counter {bucket:?}")));
+        }
+    }
+    for (counted, now) in held {
+        if counted != now {
+            *by_state.entry(counted.clone()).or_default() -= 1;
+            *by_state.entry(now.clone()).or_default() += 1;
+        }
+    }
+    let running_by_state: Vec<(Option<String>, i64)> =
+        by_state.into_iter().filter(|(_, n)| *n > 0).collect();
+    Ok(Counts {
+        running: running_by_state.iter().map(|(_, n)| n).sum(),
+        running_by_state,
+        ended_by_outcome: by_outcome.into_iter().filter(|(_, n)| *n > 0).collect(),
+        overdue,
+        oldest_running: oldest
+            .map(|(kind, id, at)| {
+                Ok::<_, StoreError>((kind.parse().map_err(StoreError::Corrupt)?, id, at))
+            })
+            .transpose()?,
+        deliveries_by_status: by_status.into_iter().filter(|(_, n)| *n > 0).collect(),
+    })
 }

@@ -10,6 +10,7 @@ mod bench;
 mod cadence;
 mod cli;
 mod core;
+mod counts;
 mod crash;
 mod durability;
 mod events;
