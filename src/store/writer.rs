@@ -253,3 +253,29 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rescheduled_watch_wakes_the_pollers_only_before_they_would_wake() {
+        let signals = Signals::new();
+        let mut woken = signals.watches.subscribe();
+        let plan = signals.wake_plan();
+        plan.store(5_000, SeqCst);
+        signals.rescheduled(6_000);
+        assert!(!woken.has_changed().unwrap(), "due after the planned wake");
+        signals.rescheduled(4_000);
+        assert!(woken.has_changed().unwrap(), "due before it");
+        woken.borrow_and_update();
+        // A full poller waits for room, not for due watches.
+        plan.store(Millis::MIN, SeqCst);
+        signals.rescheduled(0);
+        assert!(!woken.has_changed().unwrap());
+        // An awake one sees every change.
+        plan.store(Millis::MAX, SeqCst);
+        signals.rescheduled(i64::MAX - 1);
+        assert!(woken.has_changed().unwrap());
+    }
+}

@@ -10,7 +10,7 @@ use jobwatch::model::{Kind, Outcome};
 use jobwatch::simulator::SimulateArgs;
 use jobwatch::store::pruner::Pruner;
 use jobwatch::store::sqlite::SqliteStore;
-use jobwatch::store::{now_ms, DeliveryStatus, NewWatches, Store, WatchUpdate};
+use jobwatch::store::{now_ms, DeliveryStatus, Hold, NewWatches, Store, WatchUpdate};
 use jobwatch::webhook::sign::SigningSecret;
 use serde_json::{json, Value};
 use sqlx::{Connection, SqliteConnection};
@@ -351,6 +351,84 @@ fn running_result(w: &jobwatch::store::WatchRecord, n: i64, next: i64) -> WatchU
         record: r,
         event: None,
     }
+}
+
+/// A running watch's result taken by `hold` (on the poll loop, without the
+/// writer) is shown at once, and its next claim gets the watch as that result
+/// left it; a watch cancelled, or ended and posted again, meanwhile is claimed
+/// as the file has it, never as the result kept of its old life.
+#[tokio::test]
+async fn held_results_are_what_the_next_claim_gets_until_the_watch_changes() {
+    let (_dir, db) = temp_db();
+    let store = open_store(&db).await;
+    let t0 = 1_000_000;
+    let claimed = post_and_claim(&store, "held-", 3, t0).await;
+    for w in &claimed {
+        let mut u = running_result(w, 1, t0 + 2_000);
+        u.record.upstream.started = Some("2026-12-05T08:00:00Z".into());
+        assert!(
+            matches!(store.hold(u), Hold::Applied(true)),
+            "a running watch's result is held"
+        );
+    }
+    let shown = watch_of(&store, "held-0").await;
+    assert_eq!(shown.state.as_deref(), Some("RUNNING"));
+    assert_eq!(shown.poll_count, 1);
+    let mut conn = raw(&db).await;
+    assert_eq!(
+        count(
+            &mut conn,
+            "SELECT count(*) FROM watches WHERE state IS NOT NULL"
+        )
+        .await,
+        0,
+        "held in memory, not written"
+    );
+    let second = running_result(&claimed[0], 2, t0 + 2_000);
+    assert!(
+        matches!(store.hold(second), Hold::Declined(_)),
+        "a result without a claim is not held: the writer judges it"
+    );
+
+    store
+        .cancel_watch(Kind::COPY, "held-1", t0 + 2_500)
+        .await
+        .unwrap();
+    store
+        .cancel_watch(Kind::COPY, "held-2", t0 + 2_500)
+        .await
+        .unwrap();
+    store
+        .insert_watches(&new_watches(vec!["held-2".into()], t0 + 2_500))
+        .await
+        .unwrap();
+
+    let mut next = store
+        .claim_due_watches(t0 + 5_000, 10, t0 + 60_000)
+        .await
+        .unwrap();
+    next.sort_by(|a, b| a.job_id.cmp(&b.job_id));
+    let got: Vec<(&str, i64, i64, Option<&str>)> = next
+        .iter()
+        .map(|w| {
+            (
+                w.job_id.as_str(),
+                w.generation,
+                w.poll_count,
+                w.state.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![("held-0", 1, 1, Some("RUNNING")), ("held-2", 2, 0, None)]
+    );
+    assert_eq!(
+        next[0].upstream.started.as_deref(),
+        Some("2026-12-05T08:00:00Z")
+    );
+    assert_eq!(next[1].upstream.started, None, "not the old generation's");
+    assert_eq!(next[0].next_poll_at, Some(t0 + 60_000), "leased");
 }
 
 // ---------------------------------------------------------------------------
