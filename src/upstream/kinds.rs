@@ -11,6 +11,7 @@ use http::StatusCode;
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::pointer::Pointer;
 use super::{JobStatus, PollAnswer};
 use crate::model::{check_kind_name, Kind, Verdict};
 
@@ -123,19 +124,19 @@ pub struct KindDef {
     pub kind: Kind,
     path_head: String,
     path_tail: String,
-    require: Vec<String>,
+    require: Vec<Pointer>,
     state: Rule,
     then: Option<Rule>,
-    created: Vec<String>,
-    started: Vec<String>,
-    ended: Vec<String>,
-    errors: Vec<String>,
+    created: Vec<Pointer>,
+    started: Vec<Pointer>,
+    ended: Vec<Pointer>,
+    errors: Vec<Pointer>,
     statuses: Statuses,
 }
 
 #[derive(Debug, Clone)]
 struct Rule {
-    pointer: String,
+    pointer: Pointer,
     table: HashMap<String, Said>,
     present: Said,
     absent: Said,
@@ -170,11 +171,10 @@ impl KindDef {
                 spec.path
             ));
         }
-        let pointers = |what: &str, list: Vec<String>| -> Result<Vec<String>, String> {
-            for p in &list {
-                check_pointer(p).map_err(|e| format!("kind {name:?}: {what}: {e}"))?;
-            }
-            Ok(list)
+        let pointers = |what: &str, list: Vec<String>| -> Result<Vec<Pointer>, String> {
+            list.iter()
+                .map(|p| Pointer::parse(p).map_err(|e| format!("kind {name:?}: {what}: {e}")))
+                .collect()
         };
         let state =
             Rule::new(&spec.state, true).map_err(|e| format!("kind {name:?}: state: {e}"))?;
@@ -272,14 +272,14 @@ impl KindDef {
             ));
         }
         for p in &self.require {
-            if doc.pointer(p).is_none_or(Value::is_null) {
+            if p.find(&doc).is_none_or(Value::is_null) {
                 return Err(format!(
                     "body is not a job status document of kind {}: nothing at {p:?}",
                     self.kind
                 ));
             }
         }
-        let first = doc.pointer(&self.state.pointer);
+        let first = self.state.pointer.find(&doc);
         let state = match first {
             None | Some(Value::Null) => None,
             Some(v) => text(v),
@@ -292,7 +292,7 @@ impl KindDef {
             // `new` made sure there is a second rule when the first can say `then`.
             said = match &self.then {
                 Some(rule) => rule
-                    .judge(doc.pointer(&rule.pointer))
+                    .judge(rule.pointer.find(&doc))
                     .map_err(|e| format!("the field at {:?} {e}", rule.pointer))?,
                 None => Said::Unknown,
             };
@@ -312,7 +312,7 @@ impl KindDef {
             errors: self
                 .errors
                 .iter()
-                .find_map(|p| doc.pointer(p).filter(|v| !v.is_null()))
+                .find_map(|p| p.find(&doc).filter(|v| !v.is_null()))
                 .cloned(),
             note: None,
         };
@@ -325,7 +325,7 @@ impl KindDef {
 
 impl Rule {
     fn new(spec: &RuleSpec, first: bool) -> Result<Rule, String> {
-        check_pointer(&spec.pointer)?;
+        let pointer = Pointer::parse(&spec.pointer)?;
         let mut table = HashMap::new();
         let lists = [
             (&spec.running, Said::Running, "running"),
@@ -354,7 +354,7 @@ impl Rule {
             return Err("only the first rule may say `then`".into());
         }
         Ok(Rule {
-            pointer: spec.pointer.clone(),
+            pointer,
             table,
             present,
             absent,
@@ -418,12 +418,12 @@ fn type_name(v: &Value) -> &'static str {
 /// seconds turned into RFC 3339. A value of another type is left out and noted.
 fn time_at(
     doc: &Value,
-    pointers: &[String],
+    pointers: &[Pointer],
     what: &str,
     notes: &mut Vec<String>,
 ) -> Option<String> {
     for p in pointers {
-        match doc.pointer(p) {
+        match p.find(doc) {
             None | Some(Value::Null) => continue,
             Some(Value::String(s)) => return Some(s.clone()),
             Some(Value::Number(n)) => match n.as_f64().and_then(unix_seconds) {
@@ -449,17 +449,6 @@ fn unix_seconds(secs: f64) -> Option<String> {
     let nanos = ((secs - secs.trunc()) * 1e9) as u32;
     let t = chrono::DateTime::<chrono::Utc>::from_timestamp(whole, nanos)?;
     Some(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
-}
-
-/// RFC 6901: empty (the whole document) or `/` then tokens.
-fn check_pointer(p: &str) -> Result<(), String> {
-    if p.is_empty() || p.starts_with('/') {
-        Ok(())
-    } else {
-        Err(format!(
-            "{p:?} is not a JSON pointer (RFC 6901: \"/status\", \"/data/attributes/state\")"
-        ))
-    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! means for a watch and for the whole upstream.
 
 pub mod kinds;
+pub mod pointer;
 pub mod preset;
 pub mod retry_after;
 
