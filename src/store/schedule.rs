@@ -172,12 +172,15 @@ pub struct Schedule {
     kept: HashMap<i64, Box<WatchRecord>>,
 }
 
-/// Watches kept whole in memory, about 600 bytes each (10 MB at most). Reading
-/// the claimed rows was an eighth of the daemon's CPU at 400 polls/s (a
-/// 23-column JSON array a row, built on SQLite's thread and parsed back); a watch
-/// polled every few seconds is claimed again long before a checkpoint, and with
-/// its record kept here it costs no read at all (BENCHMARKS.md, session 12).
-pub const KEPT_MAX: usize = 16_384;
+/// Running watches up to which each is kept whole in memory after its poll,
+/// about 600 bytes each (15 MB at most). Reading the claimed rows was an eighth
+/// of the daemon's CPU at 400 polls/s (a 23-column JSON array a row, built on
+/// SQLite's thread and parsed back); a watch polled every few seconds is claimed
+/// again long before a checkpoint, and with its record kept here it costs no read
+/// at all. Above this many running watches none is kept: at 100,000 the kept
+/// records saved no CPU (the claims are large there) and cost 9 MiB of RSS
+/// (BENCHMARKS.md, session 12).
+pub const KEPT_MAX: usize = 25_000;
 
 impl Schedule {
     /// A running watch (new, posted again, or read at start) is due at `next`
@@ -326,9 +329,10 @@ impl Schedule {
         true
     }
 
-    /// Keep `w`, a result just noted, whole for its next claim (if there is room).
+    /// Keep `w`, a result just noted, whole for its next claim (while every
+    /// running watch may be kept: see [`KEPT_MAX`]).
     pub fn keep(&mut self, w: WatchRecord) {
-        if self.kept.len() < KEPT_MAX && self.at.contains_key(&w.wid) {
+        if self.len() <= KEPT_MAX && self.at.contains_key(&w.wid) {
             self.kept.insert(w.wid, Box::new(w));
         }
     }
