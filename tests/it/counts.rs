@@ -17,17 +17,13 @@ use crate::postgres::{drop_schema, schema};
 const T0: i64 = 1_000_000_000;
 const LEASE: i64 = 60_000;
 
+/// Watches first polled within a second, every 2 s.
 fn new_watches(ids: Vec<String>, now: i64) -> NewWatches {
     NewWatches {
-        kind: Kind::COPY,
-        ids,
-        webhook_url: None,
-        metadata: None,
-        deadline: None,
-        now,
         first_poll_min: 0,
         first_poll_spread: 1_000,
         interval_ms: 2_000,
+        ..crate::helpers::new_watches(ids, now)
     }
 }
 

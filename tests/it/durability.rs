@@ -10,7 +10,7 @@ use jobwatch::model::{Kind, Outcome};
 use jobwatch::simulator::SimulateArgs;
 use jobwatch::store::pruner::Pruner;
 use jobwatch::store::sqlite::SqliteStore;
-use jobwatch::store::{now_ms, DeliveryStatus, Hold, NewWatches, Store, WatchUpdate};
+use jobwatch::store::{now_ms, DeliveryStatus, Hold, Store, WatchUpdate};
 use jobwatch::webhook::sign::SigningSecret;
 use serde_json::{json, Value};
 use sqlx::{Connection, SqliteConnection};
@@ -281,20 +281,6 @@ async fn pruning_goes_in_small_batches_that_let_other_writes_through() {
         "running watches untouched"
     );
     store.close().await;
-}
-
-fn new_watches(ids: Vec<String>, now: i64) -> NewWatches {
-    NewWatches {
-        kind: Kind::COPY,
-        ids,
-        webhook_url: None,
-        metadata: None,
-        deadline: None,
-        now,
-        first_poll_min: 100,
-        first_poll_spread: 1,
-        interval_ms: 100,
-    }
 }
 
 /// `n` new watches `{prefix}0..`, all claimed at `t0 + 1000`.

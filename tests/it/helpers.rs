@@ -228,3 +228,19 @@ pub async fn start_app(upstream: &str, extra: &[(&str, &str)]) -> (tempfile::Tem
     let app = App::start(settings(&db, upstream, extra)).await;
     (dir, app)
 }
+
+/// A POST's worth of `copy` watches of `ids` at `now`, as the store takes them:
+/// first polled 100 ms later, every 100 ms.
+pub fn new_watches(ids: Vec<String>, now: i64) -> jobwatch::store::NewWatches {
+    jobwatch::store::NewWatches {
+        kind: jobwatch::model::Kind::COPY,
+        ids,
+        webhook_url: None,
+        metadata: None,
+        deadline: None,
+        now,
+        first_poll_min: 100,
+        first_poll_spread: 1,
+        interval_ms: 100,
+    }
+}
