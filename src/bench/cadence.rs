@@ -98,17 +98,9 @@ struct Observed {
 
 /// The cadence of each policy, from the daemon's settings.
 pub fn cadences(settings: &Settings) -> (Cadence, Cadence, Cadence) {
-    let p = &settings.poller;
-    let u = &settings.upstream;
     let backoff = Cadence {
-        initial: p.initial_interval,
-        max: p.max_interval,
-        growth: p.growth,
-        jitter: p.jitter,
-        error_base: u.error_backoff_base,
-        error_max: u.error_backoff_max,
         policy: Policy::Backoff,
-        price: p.poll_price,
+        ..Cadence::of(&settings.poller, &settings.upstream)
     };
     let fixed = Cadence {
         initial: FIXED,

@@ -44,6 +44,23 @@ pub struct Cadence {
 }
 
 impl Cadence {
+    /// The cadence `poller` settings give, with `upstream`'s error backoff.
+    pub fn of(
+        poller: &crate::config::PollerSettings,
+        upstream: &crate::config::UpstreamSettings,
+    ) -> Cadence {
+        Cadence {
+            initial: poller.initial_interval,
+            max: poller.max_interval,
+            growth: poller.growth,
+            jitter: poller.jitter,
+            error_base: upstream.error_backoff_base,
+            error_max: upstream.error_backoff_max,
+            policy: poller.cadence,
+            price: poller.poll_price,
+        }
+    }
+
     /// The interval after a successful poll: back to `initial` when the state
     /// changed, else the previous interval grown by `growth`, capped at `max`.
     pub fn next_interval(&self, previous: Duration, state_changed: bool) -> Duration {
