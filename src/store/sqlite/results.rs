@@ -14,19 +14,25 @@ fn held_bound(running: usize) -> usize {
     (running / 4).clamp(HELD_MIN, HELD_MAX)
 }
 
+/// Note `u` in the schedule if it may wait there for a checkpoint (a watch that
+/// keeps running in the generation claimed, no event): whether it applied.
+/// `None`: it is to be written now.
+fn note_held(schedule: &mut Schedule, u: &WatchUpdate) -> Option<bool> {
+    (u.event.is_none() && schedule.holds(&u.record)).then(|| schedule.note(&u.record))
+}
+
 impl SqliteStore {
     /// See [`Store::hold`]: a result the schedule can hold is noted there, and the
     /// watch kept whole for its next claim.
     pub(super) fn hold(&self, update: WatchUpdate) -> Hold {
         let mut schedule = self.schedule();
         // Past the bound of held state changes the writer's path writes them.
-        if update.event.is_some()
-            || !schedule.holds(&update.record)
-            || schedule.held() >= held_bound(schedule.len())
-        {
+        if schedule.held() >= held_bound(schedule.len()) {
             return Hold::Declined(update);
         }
-        let applied = schedule.note(&update.record);
+        let Some(applied) = note_held(&mut schedule, &update) else {
+            return Hold::Declined(update);
+        };
         if applied {
             schedule.keep(update.record);
         }
@@ -48,13 +54,16 @@ impl SqliteStore {
             for (i, u) in updates.iter().enumerate() {
                 // Once a watch has a result to write, its later ones in this batch
                 // are written too, after it.
-                if u.event.is_none() && !queued.contains(&u.record.wid) && schedule.holds(&u.record)
-                {
-                    applied[i] = schedule.note(&u.record);
-                } else {
-                    queued.insert(u.record.wid);
-                    write.push(u);
-                    written.push(i);
+                let held = (!queued.contains(&u.record.wid))
+                    .then(|| note_held(&mut schedule, u))
+                    .flatten();
+                match held {
+                    Some(ok) => applied[i] = ok,
+                    None => {
+                        queued.insert(u.record.wid);
+                        write.push(u);
+                        written.push(i);
+                    }
                 }
             }
             // Held state changes are bounded (HELD_MIN, HELD_MAX). Past that they are
