@@ -701,6 +701,24 @@ async fn kill_9_at_random_moments_loses_nothing_acknowledged() {
     assert_eq!(acked, sent, "every batch was answered 202 in the end");
     let missing: Vec<_> = posted.iter().filter(|k| !latest.contains_key(*k)).collect();
     assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
+    // The status counts (counters kept by the store's triggers) survived the kills too.
+    let mut by_outcome: BTreeMap<String, u64> = BTreeMap::new();
+    for w in &watches {
+        *by_outcome
+            .entry(w["outcome"].as_str().unwrap_or("none").to_string())
+            .or_default() += 1;
+    }
+    let counted: BTreeMap<String, u64> = status["watches"]["ended_by_outcome"]
+        .as_object()
+        .expect("ended_by_outcome")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(u64::MAX)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    assert_eq!(
+        counted, by_outcome,
+        "status counts against the watches: {status}"
+    );
 
     // 2. Every generation's event reached every matching endpoint, under one webhook-id.
     let hooks_got = hooks.received();
