@@ -4,6 +4,7 @@
 //! of the store, the budget or the cadence: the poller decides what each answer
 //! means for a watch and for the whole upstream.
 
+mod connections;
 pub mod kinds;
 pub mod pointer;
 pub mod preset;
@@ -14,12 +15,10 @@ use std::time::{Duration, SystemTime};
 use crate::config::{Secret, UpstreamDef};
 use crate::model::{Kind, Verdict};
 use bytes::Bytes;
+use connections::{host_of, Connections};
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty, Limited};
+use http::{StatusCode, Uri};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use kinds::KindDef;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
@@ -67,30 +66,22 @@ pub enum PollAnswer {
     Transient { error: String },
 }
 
-/// The connection the poller's requests go out on: TLS (rustls, the webpki roots)
-/// for an `https` upstream, HTTP/2 where the upstream offers it.
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
-
 /// Redirects followed per poll (a moved base URL); the token goes only to the
 /// base URL's own origin.
 const MAX_REDIRECTS: usize = 3;
 
-/// A status document is a few hundred bytes: an answer larger than this is not one.
-const MAX_BODY: usize = 1024 * 1024;
-
-/// Status requests to one upstream on hyper's pooled client. reqwest, used before, cost the daemon
-/// twice the CPU per request of this client (its URL, header, proxy and timeout
-/// layers on top of the same pool; BENCHMARKS.md), and polls are most of the daemon.
+/// Status requests to one upstream, on hyper's connections ([`connections`]).
+/// reqwest, used before, cost the daemon twice the CPU per request of hyper's
+/// pooled client (its URL, header, proxy and timeout layers on top of the same
+/// pool; BENCHMARKS.md), and polls are most of the daemon.
 pub struct UpstreamClient {
     /// The upstream's name (`vector`, or an `[[upstreams]]` entry's).
     name: String,
     kinds: Vec<KindDef>,
     metrics: crate::metrics::PollMetrics,
-    http: Client<Connector, Empty<Bytes>>,
-    /// The headers of a request to the base URL's origin: the token, and for a plain
-    /// `http` upstream (always HTTP/1) the Host, which hyper would otherwise format
-    /// from the URI for every request (an `https` upstream may speak HTTP/2, where
-    /// the authority is not a header; hyper names that origin itself).
+    connections: Connections,
+    /// The headers of a request to the base URL's origin: the token, and the Host,
+    /// made once rather than for every request.
     on_origin: HeaderMap,
     /// The same without the token and the Host, for a redirect to another origin.
     elsewhere: HeaderMap,
@@ -126,9 +117,7 @@ impl UpstreamClient {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        let http = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(settings.max_in_flight)
-            .build(connector);
+        let connections = Connections::new(connector, settings.max_in_flight);
         let base = &settings.base_url;
         let mut on_origin = headers.clone();
         if let Some(token) = &settings.token {
@@ -137,17 +126,18 @@ impl UpstreamClient {
                 Some(name) => on_origin.insert(name.clone(), secret_value(token.expose())),
             };
         }
-        if let Some(host) = host_header(base) {
+        let origin: String = base[..url::Position::BeforePath].to_string();
+        if let Some(host) = origin.parse::<Uri>().ok().as_ref().and_then(host_of) {
             on_origin.insert(header::HOST, host);
         }
         Ok(UpstreamClient {
             name: def.name.clone(),
             kinds: def.kinds.clone(),
             metrics: crate::metrics::PollMetrics::new(&def.name),
-            http,
+            connections,
             on_origin,
             elsewhere: headers,
-            origin: base[..url::Position::BeforePath].to_string(),
+            origin,
             base_path: base.path().trim_end_matches('/').to_string(),
             request_timeout: settings.request_timeout,
         })
@@ -218,57 +208,30 @@ impl UpstreamClient {
         // The token goes to the base URL's origin only (a redirect elsewhere gets none).
         let mut on_origin = true;
         loop {
-            let mut request = Request::get(uri.clone())
-                .body(Empty::new())
-                .map_err(|e| describe_failure("request failed", &e))?;
-            *request.headers_mut() = if on_origin {
-                self.on_origin.clone()
+            let answer = if on_origin {
+                self.connections.get(&uri, &self.on_origin, true).await?
             } else {
-                self.elsewhere.clone()
+                let mut headers = self.elsewhere.clone();
+                if let Some(host) = host_of(&uri) {
+                    headers.insert(header::HOST, host);
+                }
+                self.connections.get(&uri, &headers, false).await?
             };
-            let response = self.http.request(request).await.map_err(|e| {
-                let kind = if e.is_connect() {
-                    "connection failed"
-                } else {
-                    "request failed"
-                };
-                describe_failure(kind, &e)
-            })?;
-            let status = response.status();
-            if status.is_redirection() && redirects < MAX_REDIRECTS {
-                if let Some(next) = redirect_target(&uri, response.headers()) {
+            if answer.status.is_redirection() && redirects < MAX_REDIRECTS {
+                if let Some(next) = redirect_target(&uri, &answer.headers) {
                     redirects += 1;
                     on_origin &= origin(&next).as_deref() == Some(self.origin.as_str());
                     uri = next;
                     continue;
                 }
             }
-            let retry_after = response
-                .headers()
+            let retry_after = answer
+                .headers
                 .get(header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| retry_after::parse(v, SystemTime::now()));
-            let body = Limited::new(response.into_body(), MAX_BODY)
-                .collect()
-                .await
-                .map_err(|e| describe_failure("reading the answer failed", &*e))?
-                .to_bytes();
-            return Ok((status, retry_after, body));
+            return Ok((answer.status, retry_after, answer.body));
         }
-    }
-}
-
-/// The Host header hyper would send to `base` (its port only when not the
-/// scheme's default), for a plain `http` base URL; `None` otherwise.
-fn host_header(base: &url::Url) -> Option<HeaderValue> {
-    if base.scheme() != "http" {
-        return None;
-    }
-    // `host_str` puts an IPv6 address in brackets; `port` is `None` for 80.
-    let host = base.host_str()?;
-    match base.port() {
-        Some(port) => HeaderValue::from_str(&format!("{host}:{port}")).ok(),
-        None => HeaderValue::from_str(host).ok(),
     }
 }
 
@@ -562,9 +525,8 @@ mod tests {
 
     #[test]
     fn the_host_header_has_the_port_only_when_it_is_not_the_default() {
-        let host = |u: &str| {
-            host_header(&url::Url::parse(u).unwrap()).map(|h| h.to_str().unwrap().to_string())
-        };
+        let host =
+            |u: &str| host_of(&u.parse::<Uri>().unwrap()).map(|h| h.to_str().unwrap().to_string());
         assert_eq!(
             host("http://127.0.0.1:8080/v2").as_deref(),
             Some("127.0.0.1:8080")
@@ -574,10 +536,10 @@ mod tests {
             Some("example.com")
         );
         assert_eq!(host("http://[::1]:9000/").as_deref(), Some("[::1]:9000"));
+        assert_eq!(host("https://example.com/").as_deref(), Some("example.com"));
         assert_eq!(
-            host("https://example.com/"),
-            None,
-            "hyper names an https origin itself"
+            host("https://example.com:8443/").as_deref(),
+            Some("example.com:8443")
         );
     }
 
@@ -586,7 +548,7 @@ mod tests {
         let base = server(
             |_, _, _| {
                 use axum::response::IntoResponse;
-                vec![b' '; MAX_BODY + 1].into_response()
+                vec![b' '; connections::MAX_BODY + 1].into_response()
             },
             "",
         )
