@@ -176,6 +176,10 @@ pub struct CeilingArgs {
     /// What each request is made with.
     #[arg(long, value_enum, default_value_t = Requests::Minimal)]
     pub requests: Requests,
+    /// Send this many requests a second instead of as many as the loops can
+    /// ([`paced`]: the floor of `bench --operating-point`).
+    #[arg(long)]
+    pub rate: Option<f64>,
 }
 
 /// What each of the ceiling client's requests is made with.
@@ -190,14 +194,27 @@ pub enum Requests {
 
 /// `jobwatch bench-ceiling`: measure, print the result as one JSON line.
 pub async fn ceiling_client(args: CeilingArgs) -> anyhow::Result<u8> {
-    let c = ceiling(
-        &args.url,
-        args.concurrency,
-        args.warmup,
-        args.measure,
-        args.requests,
-    )
-    .await?;
+    let c = match args.rate {
+        Some(rate) => {
+            paced(
+                &args.url,
+                args.concurrency,
+                rate,
+                args.warmup + args.measure,
+            )
+            .await?
+        }
+        None => {
+            ceiling(
+                &args.url,
+                args.concurrency,
+                args.warmup,
+                args.measure,
+                args.requests,
+            )
+            .await?
+        }
+    };
     println!("{}", serde_json::to_string(&c)?);
     Ok(0)
 }
@@ -392,6 +409,54 @@ pub async fn ceiling(
     })
 }
 
+/// The least a poller can pay at a load below the machine's ceiling: `rate`
+/// requests a second for `run`, sent as the daemon's poller sends them (a batch
+/// every 100 ms, the gap between its steps; at most `concurrency` at once) on
+/// hyper's pooled client, nothing parsed or stored. What it costs is read off
+/// `/proc` by the bench, over the same window as the daemon's.
+pub async fn paced(
+    sim: &str,
+    concurrency: usize,
+    rate: f64,
+    run: Duration,
+) -> anyhow::Result<Ceiling> {
+    if !(rate.is_finite() && rate > 0.0) {
+        bail!("--rate must be a positive number of requests per second");
+    }
+    let requester = Arc::new(Requester::new(sim, concurrency, Requests::Minimal)?);
+    let slots = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let answered = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut steps = tokio::time::interval(Duration::from_millis(100));
+    let (mut due, mut sent) = (0.0, 0usize);
+    while started.elapsed() < run {
+        steps.tick().await;
+        due += rate / 10.0;
+        while (sent as f64) < due.floor() {
+            sent += 1;
+            let (requester, slots, answered) = (requester.clone(), slots.clone(), answered.clone());
+            tokio::spawn(async move {
+                let Ok(_slot) = slots.acquire().await else {
+                    return;
+                };
+                if requester.status(sent % CEILING_IDS).await {
+                    answered.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    }
+    let requests = answered.load(Ordering::Relaxed);
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(Ceiling {
+        concurrency,
+        seconds,
+        requests,
+        per_second: requests as f64 / seconds.max(1e-9),
+        measured: vec![requests as f64 / seconds.max(1e-9)],
+        process_cpu_us_per_request: None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -413,6 +478,21 @@ mod tests {
                     .unwrap()
             );
         }
+    }
+
+    #[tokio::test]
+    async fn the_floor_client_sends_the_rate_asked_not_as_many_as_it_can() {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let (sim, url) = super::super::start_simulator(Default::default(), &shutdown)
+            .await
+            .unwrap();
+        let c = paced(&url, 8, 50.0, Duration::from_secs(1)).await.unwrap();
+        // Ten steps of five; the last may not have been answered yet.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let received = sim.requests_received();
+        assert!((40..=60).contains(&received), "{received} requests");
+        assert!(c.requests <= received, "{} answered", c.requests);
+        shutdown.cancel();
     }
 
     #[test]

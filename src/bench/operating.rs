@@ -8,8 +8,12 @@
 //! cadence, then the peer with the same N ids, one after the other, so that neither
 //! shares the machine with the other. Each is measured over the same window after
 //! the same warm-up: its CPU (utime + stime of its process tree, from `/proc`) and
-//! the requests the simulator received meanwhile. Then the daemon alone with
-//! 100,000 watches whose first poll is an hour away: what it costs to wait.
+//! the requests the simulator received meanwhile. Between the two, the floor:
+//! hyper's client alone sending the same requests per second (`load::paced`), what
+//! any poller on this machine pays for the requests themselves; a figure per poll
+//! says as much about the machine as about the poller (BENCHMARKS.md, session 13).
+//! Then the daemon alone with 100,000 watches whose first poll is an hour away:
+//! what it costs to wait.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -53,6 +57,9 @@ pub struct Point {
     /// What the cadence asks for: watches / 5 s.
     pub demand_polls_per_second: f64,
     pub jobwatch: Side,
+    /// The least a poller pays here: hyper's pooled client alone, paced as the
+    /// daemon polls, nothing parsed or stored ([`load::paced`]).
+    pub floor: Side,
     pub peer: Option<Side>,
     /// The peer's CPU per poll over jobwatch's.
     pub peer_over_jobwatch: Option<f64>,
@@ -89,8 +96,13 @@ impl OperatingReport {
             self.cadence_seconds, self.cores, self.warmup_seconds, self.window_seconds, self.target_cpu_ms_per_1000_polls
         );
         println!(
-            "  {:>8}  {:>9}  {:>24}  {:>24}  {:>6}",
-            "watches", "demand/s", "jobwatch polls/s, ms/1k", "asyncio polls/s, ms/1k", "ratio"
+            "  {:>8}  {:>9}  {:>24}  {:>22}  {:>24}  {:>6}",
+            "watches",
+            "demand/s",
+            "jobwatch polls/s, ms/1k",
+            "floor polls/s, ms/1k",
+            "asyncio polls/s, ms/1k",
+            "ratio"
         );
         for p in &self.points {
             let j = &p.jobwatch;
@@ -101,11 +113,13 @@ impl OperatingReport {
                 ),
                 _ => ("-".into(), "-".into()),
             };
+            let f = &p.floor;
             println!(
-                "  {:>8}  {:>9.0}  {:>24}  {:>24}  {:>6}",
+                "  {:>8}  {:>9.0}  {:>24}  {:>22}  {:>24}  {:>6}",
                 p.watches,
                 p.demand_polls_per_second,
                 format!("{:.0}, {:.1}", j.polls_per_second, j.cpu_ms_per_1000_polls),
+                format!("{:.0}, {:.1}", f.polls_per_second, f.cpu_ms_per_1000_polls),
                 peer,
                 ratio
             );
@@ -197,6 +211,11 @@ pub async fn run(
             "{n} watches: jobwatch {:.0} polls/s, {:.1} CPU-ms per 1,000 polls",
             jobwatch.polls_per_second, jobwatch.cpu_ms_per_1000_polls
         ));
+        let floor = floor_side(args, &exe, &url, &sim, n).await?;
+        progress(format_args!(
+            "{n} watches: floor (hyper's client alone) {:.0} polls/s, {:.1} CPU-ms per 1,000 polls",
+            floor.polls_per_second, floor.cpu_ms_per_1000_polls
+        ));
         let peer_side = match &peer {
             Some(p) => {
                 let s = peer_side(args, p, &url, &sim, n).await?;
@@ -215,6 +234,7 @@ pub async fn run(
             watches: n,
             demand_polls_per_second: f64::from(n) / CADENCE.as_secs_f64(),
             jobwatch,
+            floor,
             peer: peer_side,
             peer_over_jobwatch: ratio,
         });
@@ -287,6 +307,50 @@ async fn jobwatch_side(
     daemon.check_alive()?;
     let rss = daemon.sample().map_or(0.0, |s| super::mib(s.rss_kib));
     daemon.stop().await;
+    Ok(side(window.polls, window.cpu_seconds, window.seconds, rss))
+}
+
+/// The floor: `exe bench-ceiling --rate` at the point's demand, measured as the
+/// daemon is.
+async fn floor_side(
+    args: &BenchArgs,
+    exe: &Path,
+    url: &str,
+    sim: &Simulator,
+    n: u32,
+) -> anyhow::Result<Side> {
+    let rate = f64::from(n) / CADENCE.as_secs_f64();
+    let child = tokio::process::Command::new(exe)
+        .args(["bench-ceiling", "--requests", "minimal", "--url", url])
+        .arg("--rate")
+        .arg(rate.to_string())
+        .arg("--warmup")
+        .arg(humantime::format_duration(args.warmup).to_string())
+        .arg("--measure")
+        .arg(humantime::format_duration(args.duration + Duration::from_secs(1)).to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .env_remove("RUST_LOG")
+        .spawn()
+        .with_context(|| format!("starting {} bench-ceiling --rate", exe.display()))?;
+    let pid = child
+        .id()
+        .ok_or_else(|| anyhow!("the floor client exited at once"))?;
+    tokio::time::sleep(args.warmup).await;
+    let window = measure(pid, sim, args.duration).await;
+    let rss = super::daemon::proc_sample(pid).map_or(0.0, |s| super::mib(s.rss_kib));
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .context("the floor client did not stop")??;
+    if !out.status.success() {
+        bail!(
+            "the floor client exited with {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
     Ok(side(window.polls, window.cpu_seconds, window.seconds, rss))
 }
 
