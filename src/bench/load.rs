@@ -119,6 +119,19 @@ pub struct Ceiling {
 }
 
 impl Ceiling {
+    /// One measurement: `requests` answered in `seconds`.
+    fn measured(concurrency: usize, requests: u64, seconds: f64, cpu: Option<f64>) -> Ceiling {
+        let per_second = requests as f64 / seconds.max(1e-9);
+        Ceiling {
+            concurrency,
+            seconds,
+            requests,
+            per_second,
+            measured: vec![per_second],
+            process_cpu_us_per_request: cpu,
+        }
+    }
+
     /// The better of two measurements, remembering both.
     pub fn better(a: Ceiling, b: Ceiling) -> Ceiling {
         let measured: Vec<f64> = a.measured.iter().chain(&b.measured).copied().collect();
@@ -399,14 +412,7 @@ pub async fn ceiling(
     for l in loops {
         let _ = l.await;
     }
-    Ok(Ceiling {
-        concurrency,
-        seconds,
-        requests,
-        per_second: requests as f64 / seconds.max(1e-9),
-        measured: vec![requests as f64 / seconds.max(1e-9)],
-        process_cpu_us_per_request: cpu,
-    })
+    Ok(Ceiling::measured(concurrency, requests, seconds, cpu))
 }
 
 /// The least a poller can pay at a load below the machine's ceiling: `rate`
@@ -447,14 +453,7 @@ pub async fn paced(
     }
     let requests = answered.load(Ordering::Relaxed);
     let seconds = started.elapsed().as_secs_f64();
-    Ok(Ceiling {
-        concurrency,
-        seconds,
-        requests,
-        per_second: requests as f64 / seconds.max(1e-9),
-        measured: vec![requests as f64 / seconds.max(1e-9)],
-        process_cpu_us_per_request: None,
-    })
+    Ok(Ceiling::measured(concurrency, requests, seconds, None))
 }
 
 #[cfg(test)]
