@@ -244,27 +244,10 @@ pub async fn ceiling_process(
     measure: Duration,
     requests: Requests,
 ) -> anyhow::Result<Ceiling> {
-    let requests = match requests {
-        Requests::Minimal => "minimal",
-        Requests::UpstreamClient => "upstream-client",
-    };
-    let child = tokio::process::Command::new(exe)
-        .arg("bench-ceiling")
-        .arg("--requests")
-        .arg(requests)
-        .arg("--url")
-        .arg(sim)
+    let child = ceiling_command(exe, sim, requests, warmup, measure)
         .arg("--concurrency")
         .arg(concurrency.to_string())
-        .arg("--warmup")
-        .arg(humantime::format_duration(warmup).to_string())
-        .arg("--measure")
-        .arg(humantime::format_duration(measure).to_string())
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .env_remove("RUST_LOG")
         .spawn()
         .with_context(|| format!("starting {} bench-ceiling", exe.display()))?;
     let limit = warmup + measure + Duration::from_secs(30);
@@ -285,6 +268,34 @@ pub async fn ceiling_process(
             String::from_utf8_lossy(&out.stdout)
         )
     })
+}
+
+/// `exe bench-ceiling` against `sim`, warming up then measuring for the times
+/// given; the caller adds how it paces (`--concurrency` or `--rate`) and where
+/// its report goes.
+pub fn ceiling_command(
+    exe: &Path,
+    sim: &str,
+    requests: Requests,
+    warmup: Duration,
+    measure: Duration,
+) -> tokio::process::Command {
+    let requests = match requests {
+        Requests::Minimal => "minimal",
+        Requests::UpstreamClient => "upstream-client",
+    };
+    let mut command = tokio::process::Command::new(exe);
+    command
+        .args(["bench-ceiling", "--requests", requests, "--url", sim])
+        .arg("--warmup")
+        .arg(humantime::format_duration(warmup).to_string())
+        .arg("--measure")
+        .arg(humantime::format_duration(measure).to_string())
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .env_remove("RUST_LOG");
+    command
 }
 
 /// How many distinct ids the ceiling client cycles through, and their prefix.

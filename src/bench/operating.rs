@@ -27,7 +27,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
 use super::daemon::{tree_cpu_seconds, Daemons};
-use super::{load, progress, start_simulator, BenchArgs, Simulator};
+use super::load::{self, Requests};
+use super::{progress, start_simulator, BenchArgs, Simulator};
 use crate::simulator::SimulateArgs;
 
 /// Ids of this mode: RUNNING forever, so the load stays what the point says.
@@ -320,19 +321,11 @@ async fn floor_side(
     n: u32,
 ) -> anyhow::Result<Side> {
     let rate = f64::from(n) / CADENCE.as_secs_f64();
-    let child = tokio::process::Command::new(exe)
-        .args(["bench-ceiling", "--requests", "minimal", "--url", url])
+    let runs = args.duration + Duration::from_secs(1);
+    let child = load::ceiling_command(exe, url, Requests::Minimal, args.warmup, runs)
         .arg("--rate")
         .arg(rate.to_string())
-        .arg("--warmup")
-        .arg(humantime::format_duration(args.warmup).to_string())
-        .arg("--measure")
-        .arg(humantime::format_duration(args.duration + Duration::from_secs(1)).to_string())
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .env_remove("RUST_LOG")
         .spawn()
         .with_context(|| format!("starting {} bench-ceiling --rate", exe.display()))?;
     let pid = child
