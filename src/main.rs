@@ -60,6 +60,17 @@ enum Command {
     BenchCeiling(jobwatch::bench::load::CeilingArgs),
 }
 
+/// One worker thread fewer than the machine has cores, at least one: the
+/// SQLite connections' threads and the kernel's loopback and TCP work take the
+/// last. Polls wait on the network, not on a core; on two cores a second worker
+/// cost more in hand-overs between the two (a wake-up, a context switch per
+/// answer) than it gave: one worker polled as fast at saturation and spent 14 to
+/// 23% less CPU per poll at 400 and 4,000 polls/s (BENCHMARKS.md, session 14).
+/// `TOKIO_WORKER_THREADS` overrides it.
+fn worker_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -73,10 +84,11 @@ fn main() -> ExitCode {
             };
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        builder.worker_threads(worker_threads());
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("jobwatch: cannot start the async runtime: {e}");
