@@ -46,28 +46,37 @@ impl SqliteStore {
         limit: u32,
         lease_until: Millis,
     ) -> Result<Vec<WatchRecord>> {
-        // The watches kept whole since their last poll need no read.
+        // The watches kept whole since their last poll need no read. In the
+        // claim's order, earliest due first: a map keyed by wid, grown and rehashed
+        // a record at a time, was 5% of the daemon's CPU at 400 polls/s.
         let (wids, mut found) = {
             let mut schedule = self.schedule();
             let wids = schedule.claim(lane, now, limit as usize, lease_until);
-            let kept: std::collections::HashMap<i64, WatchRecord> = wids
-                .iter()
-                .filter_map(|wid| schedule.take_kept(*wid).map(|w| (*wid, w)))
-                .collect();
+            let kept: Vec<Option<WatchRecord>> =
+                wids.iter().map(|wid| schedule.take_kept(*wid)).collect();
             (wids, kept)
         };
-        if found.len() < wids.len() {
-            let unread: Vec<i64> = wids
-                .iter()
-                .filter(|wid| !found.contains_key(wid))
-                .copied()
-                .collect();
+        let unread: Vec<i64> = wids
+            .iter()
+            .zip(&found)
+            .filter(|(_, w)| w.is_none())
+            .map(|(wid, _)| *wid)
+            .collect();
+        if !unread.is_empty() {
             match self.read_running(&unread).await {
                 Ok(read) => {
                     let schedule = self.schedule();
-                    for mut w in read {
-                        schedule.overlay(&mut w);
-                        found.insert(w.wid, w);
+                    let mut read: std::collections::HashMap<i64, WatchRecord> = read
+                        .into_iter()
+                        .map(|mut w| {
+                            schedule.overlay(&mut w);
+                            (w.wid, w)
+                        })
+                        .collect();
+                    for (wid, slot) in wids.iter().zip(found.iter_mut()) {
+                        if slot.is_none() {
+                            *slot = read.remove(wid);
+                        }
                     }
                 }
                 Err(e) => {
@@ -80,11 +89,10 @@ impl SqliteStore {
                 }
             }
         }
-        // Earliest due first, as the schedule gave them.
         let mut schedule = self.schedule();
         let mut claimed = Vec::with_capacity(found.len());
-        for wid in wids {
-            match found.remove(&wid) {
+        for (wid, w) in wids.into_iter().zip(found) {
+            match w {
                 Some(mut w) => {
                     schedule.claimed(wid, Some(&w));
                     // As a written lease reads: the poller checks the lease's end before it sends.
