@@ -60,15 +60,26 @@ enum Command {
     BenchCeiling(jobwatch::bench::load::CeilingArgs),
 }
 
-/// One worker thread fewer than the machine has cores, at least one: the
-/// SQLite connections' threads and the kernel's loopback and TCP work take the
-/// last. Polls wait on the network, not on a core; on two cores a second worker
-/// cost more in hand-overs between the two (a wake-up, a context switch per
-/// answer) than it gave: one worker polled as fast at saturation and spent 14 to
-/// 23% less CPU per poll at 400 and 4,000 polls/s (BENCHMARKS.md, session 14).
-/// `TOKIO_WORKER_THREADS` overrides it.
-fn worker_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
+/// The runtime's worker threads: `TOKIO_WORKER_THREADS` when it is set, else one
+/// fewer than the machine has cores, at least one: the SQLite connections'
+/// threads and the kernel's loopback and TCP work take the last. Polls wait on
+/// the network, not on a core; on two cores a second worker cost more in
+/// hand-overs between the two (a wake-up, a context switch per answer) than it
+/// gave: one worker polled as fast at saturation and spent 14 to 23% less CPU per
+/// poll at 400 and 4,000 polls/s (BENCHMARKS.md, session 14).
+fn worker_threads() -> Result<usize, String> {
+    const VAR: &str = "TOKIO_WORKER_THREADS";
+    match std::env::var_os(VAR) {
+        None => Ok(
+            std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
+        ),
+        Some(v) => match v.to_str().map(|s| s.trim().parse::<usize>()) {
+            Some(Ok(n)) if n > 0 => Ok(n),
+            _ => Err(format!(
+                "{VAR}={v:?} is not a number of threads (a whole number above 0)"
+            )),
+        },
+    }
 }
 
 fn main() -> ExitCode {
@@ -84,11 +95,18 @@ fn main() -> ExitCode {
             };
         }
     };
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
-        builder.worker_threads(worker_threads());
-    }
-    let runtime = match builder.enable_all().build() {
+    let workers = match worker_threads() {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("jobwatch: {e}");
+            return ExitCode::from(cli::code::USAGE);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("jobwatch: cannot start the async runtime: {e}");

@@ -427,3 +427,35 @@ async fn the_demo_runs_to_its_summary_and_exits_0() {
         "the demo's store is in the current directory"
     );
 }
+
+/// `TOKIO_WORKER_THREADS` sets the daemon's worker threads (README, Settings): a
+/// value that is not a count is refused by name, as a usage error, by every
+/// command (tokio itself would panic on it).
+#[tokio::test]
+async fn a_worker_thread_count_that_is_not_a_count_is_refused_by_name() {
+    for bad in ["lots", "0", "-2", ""] {
+        let out = Command::new(env!("CARGO_BIN_EXE_jobwatch"))
+            .args(["status", "--server", "http://127.0.0.1:9"])
+            .env("TOKIO_WORKER_THREADS", bad)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .expect("run jobwatch");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{bad:?}: {stderr}");
+        assert!(
+            stderr.contains("TOKIO_WORKER_THREADS") && !stderr.contains("panicked"),
+            "{bad:?}: {stderr}"
+        );
+    }
+    // A count is taken: the command runs (and finds no daemon there: 69).
+    let out = Command::new(env!("CARGO_BIN_EXE_jobwatch"))
+        .args(["status", "--server", "http://127.0.0.1:9"])
+        .env("TOKIO_WORKER_THREADS", "3")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("run jobwatch");
+    assert_eq!(out.status.code(), Some(69), "{out:?}");
+}
