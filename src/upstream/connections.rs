@@ -396,6 +396,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn after_a_pause_a_closed_connection_is_dropped_and_an_open_one_taken() {
+        // Both servers keep the connection open for a while after the answer.
+        let (closing, _) = closing_server(1, Duration::from_millis(300)).await;
+        let (open, _) = closing_server(2, Duration::from_secs(10)).await;
+        let (a, b) = (connections(), connections());
+        get(&a, &closing).await.expect("an answer");
+        get(&b, &open).await.expect("an answer");
+        assert_eq!(
+            (lock(&a.idle).len(), lock(&b.idle).len()),
+            (1, 1),
+            "both kept"
+        );
+        tokio::time::sleep(CHECK_AFTER + Duration::from_millis(300)).await;
+        assert!(
+            a.take_idle().is_none(),
+            "the closed connection is seen closed"
+        );
+        assert!(b.take_idle().is_some(), "the open one is taken");
+    }
+
+    #[tokio::test]
     async fn a_connection_the_server_closed_is_not_a_failed_poll() {
         // Closed at once after one answer: seen closed when next taken, or the
         // request is refused unsent and goes out on a new connection.
