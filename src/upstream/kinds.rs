@@ -4,6 +4,7 @@
 //! HTTP statuses mean what. Presets (`config/presets/*.toml`) are these same
 //! settings, shipped in the binary; nothing here is specific to one upstream.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::pointer::Pointer;
+use super::wanted::{type_of, Found, Type, Use, Wanted};
 use super::{JobStatus, PollAnswer};
 use crate::model::{check_kind_name, Kind, Verdict};
 
@@ -130,8 +132,22 @@ pub struct KindDef {
     created: Vec<Pointer>,
     started: Vec<Pointer>,
     ended: Vec<Pointer>,
-    errors: Vec<Pointer>,
     statuses: Statuses,
+    /// The values at the pointers above: all that is read of an answer.
+    wanted: Wanted,
+    slots: Slots,
+}
+
+/// Where [`Wanted::read`] puts the value at each of a kind's pointers.
+#[derive(Debug, Clone)]
+struct Slots {
+    require: Vec<usize>,
+    state: usize,
+    then: Option<usize>,
+    created: Vec<usize>,
+    started: Vec<usize>,
+    ended: Vec<usize>,
+    errors: Vec<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -190,17 +206,38 @@ impl KindDef {
             ));
         }
         let s = &spec.statuses;
+        let require = pointers("require", spec.require.clone())?;
+        let created = pointers("created", spec.created.list())?;
+        let started = pointers("started", spec.started.list())?;
+        let ended = pointers("ended", spec.ended.list())?;
+        let errors = pointers("errors", spec.errors.list())?;
+        let mut wanted = Wanted::default();
+        let mut slots = |list: &[Pointer], how: Use| -> Vec<usize> {
+            list.iter().map(|p| wanted.add(p, how)).collect()
+        };
+        let slots = Slots {
+            require: slots(&require, Use::Presence),
+            state: slots(std::slice::from_ref(&state.pointer), Use::Take)[0],
+            then: then
+                .as_ref()
+                .map(|t| slots(std::slice::from_ref(&t.pointer), Use::Look)[0]),
+            created: slots(&created, Use::Take),
+            started: slots(&started, Use::Take),
+            ended: slots(&ended, Use::Take),
+            errors: slots(&errors, Use::Take),
+        };
         Ok(KindDef {
             kind: Kind::intern(name),
             path_head: head.to_string(),
             path_tail: tail.to_string(),
-            require: pointers("require", spec.require.clone())?,
+            require,
             state,
             then,
-            created: pointers("created", spec.created.list())?,
-            started: pointers("started", spec.started.list())?,
-            ended: pointers("ended", spec.ended.list())?,
-            errors: pointers("errors", spec.errors.list())?,
+            created,
+            started,
+            ended,
+            wanted,
+            slots,
             statuses: Statuses {
                 not_found: s.not_found.clone().unwrap_or_else(|| vec![404]),
                 rejected: s.rejected.clone().unwrap_or_else(|| vec![400, 422]),
@@ -263,42 +300,51 @@ impl KindDef {
     /// that is not JSON, lacks a required field or has a state of the wrong type is
     /// an error; a time of the wrong type is left out and noted.
     pub fn read(&self, body: &[u8]) -> Result<JobStatus, String> {
-        let doc: Value = serde_json::from_slice(body)
+        let mut doc = (self.wanted)
+            .read(body)
             .map_err(|e| format!("body is not a job status document: {e}"))?;
-        if !doc.is_object() {
+        if doc.root != Type::Object {
             return Err(format!(
                 "body is not a job status document: {}, not an object",
-                type_name(&doc)
+                type_name(doc.root)
             ));
         }
-        for p in &self.require {
-            if p.find(&doc).is_none_or(Value::is_null) {
+        let slots = &self.slots;
+        for (p, slot) in self.require.iter().zip(&slots.require) {
+            if doc.get(*slot).is_none_or(Value::is_null) {
                 return Err(format!(
                     "body is not a job status document of kind {}: nothing at {p:?}",
                     self.kind
                 ));
             }
         }
-        let first = self.state.pointer.find(&doc);
-        let state = match first {
-            None | Some(Value::Null) => None,
-            Some(v) => text(v),
-        };
         let mut said = self
             .state
-            .judge(first)
+            .judge(doc.get(slots.state))
             .map_err(|e| format!("the state at {:?} {e}", self.state.pointer))?;
         if said == Said::Then {
             // `new` made sure there is a second rule when the first can say `then`.
-            said = match &self.then {
-                Some(rule) => rule
-                    .judge(rule.pointer.find(&doc))
+            said = match (&self.then, slots.then) {
+                (Some(rule), Some(slot)) => rule
+                    .judge(doc.get(slot))
                     .map_err(|e| format!("the field at {:?} {e}", rule.pointer))?,
-                None => Said::Unknown,
+                _ => Said::Unknown,
             };
         }
+        let state = doc.take(slots.state).and_then(text);
         let mut notes = Vec::new();
-        let mut status = JobStatus {
+        let mut time = |pointers: &[Pointer], slots: &[usize], what: &str| {
+            time_at(&mut doc, pointers, slots, what, &mut notes)
+        };
+        let created = time(&self.created, &slots.created, "created");
+        let started = time(&self.started, &slots.started, "started");
+        let ended = time(&self.ended, &slots.ended, "ended");
+        let errors = slots
+            .errors
+            .iter()
+            .find(|slot| doc.get(**slot).is_some_and(|v| !v.is_null()))
+            .and_then(|slot| doc.take(*slot));
+        Ok(JobStatus {
             state,
             verdict: match said {
                 Said::Running => Verdict::Running,
@@ -306,20 +352,12 @@ impl KindDef {
                 Said::Failed => Verdict::Failed,
                 Said::Unknown | Said::Then => Verdict::Unknown,
             },
-            created: time_at(&doc, &self.created, "created", &mut notes),
-            started: time_at(&doc, &self.started, "started", &mut notes),
-            ended: time_at(&doc, &self.ended, "ended", &mut notes),
-            errors: self
-                .errors
-                .iter()
-                .find_map(|p| p.find(&doc).filter(|v| !v.is_null()))
-                .cloned(),
-            note: None,
-        };
-        if !notes.is_empty() {
-            status.note = Some(notes.join("; "));
-        }
-        Ok(status)
+            created,
+            started,
+            ended,
+            errors,
+            note: (!notes.is_empty()).then(|| notes.join("; ")),
+        })
     }
 }
 
@@ -338,7 +376,7 @@ impl Rule {
                 return Err("only the first rule may send values to `then`".into());
             }
             for v in values {
-                let t = text(v).ok_or_else(|| {
+                let t = text(v.clone()).ok_or_else(|| {
                     format!("{list}: {v} is not a value a field can have (a string, a number, true or false)")
                 })?;
                 if let Some(before) = table.insert(t.clone(), said) {
@@ -367,25 +405,35 @@ impl Rule {
         let Some(v) = value.filter(|v| !is_empty(v)) else {
             return Ok(self.absent);
         };
-        if let Some(t) = text(v) {
-            return Ok(self.table.get(&t).copied().unwrap_or(self.present));
-        }
-        // A list or an object: only `present` can say what it means.
-        if self.table.is_empty() || self.present != Said::Unknown {
-            return Ok(self.present);
-        }
-        Err(format!(
-            "is {}; expected a string, a number or true/false",
-            type_name(v)
-        ))
+        // The text the table compares, copied only for a number.
+        let key = match v {
+            Value::String(s) => Cow::Borrowed(s.as_str()),
+            Value::Bool(b) => Cow::Borrowed(if *b { "true" } else { "false" }),
+            Value::Number(n) => Cow::Owned(n.to_string()),
+            // A list or an object: only `present` can say what it means.
+            Value::Null | Value::Array(_) | Value::Object(_) => {
+                if self.table.is_empty() || self.present != Said::Unknown {
+                    return Ok(self.present);
+                }
+                return Err(format!(
+                    "is {}; expected a string, a number or true/false",
+                    type_name(type_of(v))
+                ));
+            }
+        };
+        Ok(self
+            .table
+            .get(key.as_ref())
+            .copied()
+            .unwrap_or(self.present))
     }
 }
 
 /// A scalar as the text the tables compare: a string as it is, `true`/`false`,
 /// a number as JSON writes it. `None` for null, lists and objects.
-fn text(v: &Value) -> Option<String> {
+fn text(v: Value) -> Option<String> {
     match v {
-        Value::String(s) => Some(s.clone()),
+        Value::String(s) => Some(s),
         Value::Bool(b) => Some(b.to_string()),
         Value::Number(n) => Some(n.to_string()),
         Value::Null | Value::Array(_) | Value::Object(_) => None,
@@ -403,29 +451,30 @@ fn is_empty(v: &Value) -> bool {
     }
 }
 
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
+fn type_name(t: Type) -> &'static str {
+    match t {
+        Type::Null => "null",
+        Type::Bool => "a boolean",
+        Type::Number => "a number",
+        Type::String => "a string",
+        Type::Array => "a list",
+        Type::Object => "an object",
     }
 }
 
 /// The first present time among `pointers`: a string as given, a number as Unix
 /// seconds turned into RFC 3339. A value of another type is left out and noted.
 fn time_at(
-    doc: &Value,
+    doc: &mut Found,
     pointers: &[Pointer],
+    slots: &[usize],
     what: &str,
     notes: &mut Vec<String>,
 ) -> Option<String> {
-    for p in pointers {
-        match p.find(doc) {
+    for (p, slot) in pointers.iter().zip(slots) {
+        match doc.get(*slot) {
             None | Some(Value::Null) => continue,
-            Some(Value::String(s)) => return Some(s.clone()),
+            Some(Value::String(_)) => return doc.take(*slot).and_then(text),
             Some(Value::Number(n)) => match n.as_f64().and_then(unix_seconds) {
                 Some(t) => return Some(t),
                 None => notes.push(format!(
@@ -434,7 +483,7 @@ fn time_at(
             },
             Some(v) => notes.push(format!(
                 "{what} at {p:?} is {}; a time is an RFC 3339 string or Unix seconds",
-                type_name(v)
+                type_name(type_of(v))
             )),
         }
     }

@@ -9,6 +9,7 @@ pub mod kinds;
 pub mod pointer;
 pub mod preset;
 pub mod retry_after;
+mod wanted;
 
 use std::time::{Duration, SystemTime};
 

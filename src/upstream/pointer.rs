@@ -38,13 +38,24 @@ impl Pointer {
 
     /// The value at this pointer in `doc`, as `Value::pointer` finds it.
     pub fn find<'a>(&self, doc: &'a Value) -> Option<&'a Value> {
-        self.tokens
-            .iter()
-            .try_fold(doc, |at, (token, index)| match at {
-                Value::Object(map) => map.get(token),
-                Value::Array(list) => index.and_then(|i| list.get(i)),
-                _ => None,
-            })
+        Pointer::find_tokens(doc, &self.tokens)
+    }
+
+    /// The value at `tokens` (some of a pointer's, from [`Pointer::tokens`]) in `doc`.
+    pub fn find_tokens<'a>(
+        doc: &'a Value,
+        tokens: &[(String, Option<usize>)],
+    ) -> Option<&'a Value> {
+        tokens.iter().try_fold(doc, |at, (token, index)| match at {
+            Value::Object(map) => map.get(token),
+            Value::Array(list) => index.and_then(|i| list.get(i)),
+            _ => None,
+        })
+    }
+
+    /// The unescaped tokens, each with its array index if it is one.
+    pub fn tokens(&self) -> &[(String, Option<usize>)] {
+        &self.tokens
     }
 
     pub fn as_str(&self) -> &str {
