@@ -11,6 +11,7 @@ use std::fmt;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize as _;
 use serde_json::Value;
+use smallvec::SmallVec;
 
 use super::pointer::Pointer;
 
@@ -66,8 +67,9 @@ pub enum Type {
 #[derive(Debug)]
 pub struct Found {
     pub root: Type,
-    values: Vec<Option<Value>>,
-    readers: Vec<u8>,
+    /// Each slot's value and how many takers it has left; on the stack for up
+    /// to eight pointers (as many as the `openai-batch` preset names).
+    slots: SmallVec<[(Option<Value>, u8); 8]>,
 }
 
 impl Wanted {
@@ -106,14 +108,13 @@ impl Wanted {
     pub fn read(&self, body: &[u8]) -> serde_json::Result<Found> {
         let mut found = Found {
             root: Type::Null,
-            values: vec![None; self.readers.len()],
-            readers: self.readers.clone(),
+            slots: self.readers.iter().map(|takers| (None, *takers)).collect(),
         };
         let mut de = serde_json::Deserializer::from_slice(body);
         found.root = At {
             node: &self.root,
             wanted: self,
-            values: &mut found.values,
+            values: &mut found.slots,
         }
         .deserialize(&mut de)?;
         de.end()?;
@@ -149,17 +150,17 @@ impl Node {
 impl Found {
     /// The value at `slot`'s pointer, if present (null included).
     pub fn get(&self, slot: usize) -> Option<&Value> {
-        self.values[slot].as_ref()
+        self.slots[slot].0.as_ref()
     }
 
     /// The value at `slot`'s pointer, moved out for its last taker.
     pub fn take(&mut self, slot: usize) -> Option<Value> {
-        let left = &mut self.readers[slot];
+        let (value, left) = &mut self.slots[slot];
         *left = left.saturating_sub(1);
         if *left == 0 {
-            self.values[slot].take()
+            value.take()
         } else {
-            self.values[slot].clone()
+            value.clone()
         }
     }
 }
@@ -168,7 +169,7 @@ impl Found {
 struct At<'a> {
     node: &'a Node,
     wanted: &'a Wanted,
-    values: &'a mut Vec<Option<Value>>,
+    values: &'a mut [(Option<Value>, u8)],
 }
 
 impl<'de> DeserializeSeed<'de> for At<'_> {
@@ -177,7 +178,7 @@ impl<'de> DeserializeSeed<'de> for At<'_> {
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Type, D::Error> {
         // What an earlier key of the same name left here no longer counts.
         for slot in &self.node.subtree {
-            self.values[*slot] = None;
+            self.values[*slot].0 = None;
         }
         if !self.node.whole {
             return d.deserialize_any(self);
@@ -193,10 +194,10 @@ impl<'de> DeserializeSeed<'de> for At<'_> {
         {
             // A pointer below a whole value: find it in the value.
             let rest = &self.wanted.pointers[*slot].tokens()[here..];
-            self.values[*slot] = Pointer::find_tokens(&value, rest).cloned();
+            self.values[*slot].0 = Pointer::find_tokens(&value, rest).cloned();
         }
         if let Some(slot) = self.node.slot {
-            self.values[slot] = Some(value);
+            self.values[slot].0 = Some(value);
         }
         Ok(kind)
     }
@@ -206,7 +207,7 @@ impl At<'_> {
     /// A value that is not read whole: null, or a stand-in that is not.
     fn seen(self, kind: Type) -> Type {
         if let Some(slot) = self.node.slot {
-            self.values[slot] = Some(match kind {
+            self.values[slot].0 = Some(match kind {
                 Type::Null => Value::Null,
                 _ => Value::Bool(true),
             });
