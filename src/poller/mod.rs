@@ -30,12 +30,27 @@ use history::History;
 
 /// Steps that claimed less than they could are at least this far apart: at 10,000
 /// watches one falls due every few hundred microseconds, and a step for each (a
-/// claim read, a task) cost more than the polls (BENCHMARKS.md). A poll is at most
-/// this much later than its cadence says: a quarter of the default jitter of a
-/// 2 s interval. At 20 ms, a claim of a few watches every step cost the daemon
-/// about 40% of its CPU at 400 polls/s (BENCHMARKS.md, session 11); under load a
-/// step that filled its slots does not wait for it.
+/// claim read, a task) cost more than the polls (BENCHMARKS.md). At 20 ms, a
+/// claim of a few watches every step cost the daemon about 40% of its CPU at 400
+/// polls/s (BENCHMARKS.md, session 11); under load a step that filled its slots
+/// does not wait for it.
 const MIN_STEP_GAP: Duration = Duration::from_millis(100);
+
+/// The longest gap between steps: at 5 s or more between a watch's polls, steps
+/// are 500 ms apart and claim what is due within 250 ms.
+///
+/// Polls due close together go out together: a step claims the watches due within
+/// a twentieth of the shortest interval (`poller.initial_interval`) after it, and
+/// steps that claimed less than they could are a tenth of it apart (at least
+/// [`MIN_STEP_GAP`]). Below the machine's ceiling a poll's cost is mostly the
+/// wake-ups of its exchange, and answers that come in together share them: at
+/// 400 polls/s, steps 500 ms apart instead of 100 ms cost a third less CPU per
+/// poll, for the daemon and for hyper's bare client alike (BENCHMARKS.md, session
+/// 15). A poll goes out at most 5% of its interval early and 5% late (at least the
+/// gap less the head start), well inside the default jitter of 20%; early and late
+/// polls balance, so the rate of polls and the mean interval stay as the cadence
+/// says.
+const MAX_STEP_GAP: Duration = Duration::from_millis(500);
 
 pub struct Poller {
     store: DynStore,
@@ -73,6 +88,10 @@ pub struct Poller {
     shutdown: CancellationToken,
     /// A poll is only sent if it can finish within its watch's lease.
     request_timeout_ms: Millis,
+    /// How far apart steps that claimed less than they could are, and how long
+    /// before its time a watch may be claimed ([`MAX_STEP_GAP`]).
+    step_gap: Duration,
+    head_start: Millis,
     /// A claimed watch is ours for this long (`store.lease`); a daemon that dies
     /// holding it has its leases released at the next start (SQLite) or taken
     /// over when they run out (PostgreSQL).
@@ -84,7 +103,7 @@ pub struct StepReport {
     pub timed_out: usize,
     pub claimed: usize,
     /// The claim took as many as there was room for, or there was no room: more
-    /// may be due, and the next step should not wait for `MIN_STEP_GAP`.
+    /// may be due, and the next step should not wait for the step gap.
     pub filled: bool,
 }
 
@@ -113,6 +132,8 @@ impl Poller {
             client,
             budget,
             cadence: Cadence::of(p, u),
+            step_gap: (p.initial_interval / 10).clamp(MIN_STEP_GAP, MAX_STEP_GAP),
+            head_start: (p.initial_interval / 20).min(MAX_STEP_GAP / 2).as_millis() as Millis,
             history,
             not_found_grace: p.not_found_grace,
             routes: Routes::new(&settings.webhooks),
@@ -179,8 +200,9 @@ impl Poller {
         Ok(moved)
     }
 
-    /// One step: end the watches whose deadline passed, then claim due watches up
-    /// to the free capacity and queue them for the poll loops.
+    /// One step: end the watches whose deadline passed, then claim the watches due
+    /// within the head start, up to the free capacity, and queue them for the poll
+    /// loops.
     pub async fn step(&self, now: Millis) -> crate::store::Result<StepReport> {
         let mut report = StepReport::default();
         let expired = if self.deadlines {
@@ -212,9 +234,10 @@ impl Poller {
             return Ok(report);
         }
         let lease_until = now + self.lease.as_millis() as Millis;
+        let horizon = now + self.head_start;
         let claimed = self
             .store
-            .claim_due_watches_in(Some(&self.lane), now, free as u32, lease_until)
+            .claim_due_watches_in(Some(&self.lane), horizon, free as u32, lease_until)
             .await?;
         report.filled = claimed.len() >= free;
         {
@@ -356,12 +379,12 @@ impl Poller {
         let plan = self.signals.wake_plan();
         let mut filled = false;
         let started = tokio::time::Instant::now();
-        let mut last_step = started.checked_sub(MIN_STEP_GAP).unwrap_or(started);
+        let mut last_step = started.checked_sub(self.step_gap).unwrap_or(started);
         loop {
             if !filled {
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep_until(last_step + MIN_STEP_GAP) => {}
+                    _ = tokio::time::sleep_until(last_step + self.step_gap) => {}
                 }
             }
             last_step = tokio::time::Instant::now();
@@ -392,8 +415,11 @@ impl Poller {
             } else if filled {
                 Duration::ZERO
             } else {
+                // The step claims what is due within the head start.
                 match self.store.next_wakeup_in(Some(&self.lane)).await {
-                    Ok(Some(at)) => Duration::from_millis((at - now_ms()).clamp(0, 1000) as u64),
+                    Ok(Some(at)) => Duration::from_millis(
+                        (at - self.head_start - now_ms()).clamp(0, 1000) as u64,
+                    ),
                     Ok(None) => Duration::from_secs(1),
                     Err(_) => Duration::from_secs(1),
                 }

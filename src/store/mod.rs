@@ -72,7 +72,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<WatchRecord>>;
     async fn cancel_watch(&self, kind: Kind, job_id: &str, now: Millis) -> Result<Cancelled>;
 
-    /// Lease up to `limit` running watches due at `now` until `lease_until`.
+    /// Lease up to `limit` running watches due at or before `now` until
+    /// `lease_until`, earliest due first (the poller passes a time a little
+    /// ahead: see `poller::MAX_STEP_GAP`).
     async fn claim_due_watches(
         &self,
         now: Millis,
