@@ -193,6 +193,10 @@ pub struct CeilingArgs {
     /// ([`paced`]: the floor of `bench --operating-point`).
     #[arg(long)]
     pub rate: Option<f64>,
+    /// With `--rate`: send each step's requests together, steps this far apart (as
+    /// the daemon's poller does; `bench --operating-point` passes its step gap).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "100ms")]
+    pub batch_every: Duration,
 }
 
 /// What each of the ceiling client's requests is made with.
@@ -213,6 +217,7 @@ pub async fn ceiling_client(args: CeilingArgs) -> anyhow::Result<u8> {
                 &args.url,
                 args.concurrency,
                 rate,
+                args.batch_every,
                 args.warmup + args.measure,
             )
             .await?
@@ -428,13 +433,14 @@ pub async fn ceiling(
 
 /// The least a poller can pay at a load below the machine's ceiling: `rate`
 /// requests a second for `run`, sent as the daemon's poller sends them (a batch
-/// every 100 ms, the gap between its steps; at most `concurrency` at once) on
-/// hyper's pooled client, nothing parsed or stored. What it costs is read off
+/// every `batch_every`, the gap between its steps; at most `concurrency` at once)
+/// on hyper's pooled client, nothing parsed or stored. What it costs is read off
 /// `/proc` by the bench, over the same window as the daemon's.
 pub async fn paced(
     sim: &str,
     concurrency: usize,
     rate: f64,
+    batch_every: Duration,
     run: Duration,
 ) -> anyhow::Result<Ceiling> {
     if !(rate.is_finite() && rate > 0.0) {
@@ -444,11 +450,14 @@ pub async fn paced(
     let slots = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     let answered = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let mut steps = tokio::time::interval(Duration::from_millis(100));
+    if batch_every.is_zero() {
+        bail!("--batch-every must be longer than zero");
+    }
+    let mut steps = tokio::time::interval(batch_every);
     let (mut due, mut sent) = (0.0, 0usize);
     while started.elapsed() < run {
         steps.tick().await;
-        due += rate / 10.0;
+        due += rate * batch_every.as_secs_f64();
         while (sent as f64) < due.floor() {
             sent += 1;
             let (requester, slots, answered) = (requester.clone(), slots.clone(), answered.clone());
@@ -496,7 +505,15 @@ mod tests {
         let (sim, url) = super::super::start_simulator(Default::default(), &shutdown)
             .await
             .unwrap();
-        let c = paced(&url, 8, 50.0, Duration::from_secs(1)).await.unwrap();
+        let c = paced(
+            &url,
+            8,
+            50.0,
+            Duration::from_millis(100),
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
         // Ten steps of five; the last may not have been answered yet.
         tokio::time::sleep(Duration::from_millis(200)).await;
         let received = sim.requests_received();

@@ -322,9 +322,12 @@ async fn floor_side(
 ) -> anyhow::Result<Side> {
     let rate = f64::from(n) / CADENCE.as_secs_f64();
     let runs = args.duration + Duration::from_secs(1);
+    let batch_every = crate::poller::step_gap(CADENCE);
     let child = load::ceiling_command(exe, url, Requests::Minimal, args.warmup, runs)
         .arg("--rate")
         .arg(rate.to_string())
+        .arg("--batch-every")
+        .arg(humantime::format_duration(batch_every).to_string())
         .stdout(Stdio::null())
         .spawn()
         .with_context(|| format!("starting {} bench-ceiling --rate", exe.display()))?;

@@ -52,6 +52,16 @@ const MIN_STEP_GAP: Duration = Duration::from_millis(100);
 /// says.
 const MAX_STEP_GAP: Duration = Duration::from_millis(500);
 
+/// How far apart steps that claimed less than they could are ([`MAX_STEP_GAP`]).
+pub fn step_gap(initial_interval: Duration) -> Duration {
+    (initial_interval / 10).clamp(MIN_STEP_GAP, MAX_STEP_GAP)
+}
+
+/// How long before its time a watch may be claimed ([`MAX_STEP_GAP`]).
+fn head_start(initial_interval: Duration) -> Millis {
+    (initial_interval / 20).min(MAX_STEP_GAP / 2).as_millis() as Millis
+}
+
 pub struct Poller {
     store: DynStore,
     client: Arc<UpstreamClient>,
@@ -132,8 +142,8 @@ impl Poller {
             client,
             budget,
             cadence: Cadence::of(p, u),
-            step_gap: (p.initial_interval / 10).clamp(MIN_STEP_GAP, MAX_STEP_GAP),
-            head_start: (p.initial_interval / 20).min(MAX_STEP_GAP / 2).as_millis() as Millis,
+            step_gap: step_gap(p.initial_interval),
+            head_start: head_start(p.initial_interval),
             history,
             not_found_grace: p.not_found_grace,
             routes: Routes::new(&settings.webhooks),
