@@ -611,6 +611,20 @@ mod tests {
     }
 
     #[test]
+    fn steps_and_head_starts_follow_the_shortest_interval() {
+        let ms = Duration::from_millis;
+        for (initial, gap, head) in [
+            (ms(100), ms(100), 5),
+            (ms(2_000), ms(200), 100),
+            (ms(5_000), ms(500), 250),
+            (ms(60_000), ms(500), 250),
+        ] {
+            assert_eq!(step_gap(initial), gap, "{initial:?}");
+            assert_eq!(head_start(initial), head, "{initial:?}");
+        }
+    }
+
+    #[test]
     fn outcomes_follow_the_state_table() {
         let none = serde_json::json!([]);
         let some = serde_json::json!(["boom"]);

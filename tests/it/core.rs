@@ -705,6 +705,70 @@ async fn api_token_guards_every_v1_route() {
     app.stop().await;
 }
 
+/// Polls due close together go out together: at a 2 s interval, steps 200 ms
+/// apart (100 ms before, whatever the interval), each claiming what is due within
+/// 100 ms; and no poll goes out more than that head start before its time.
+#[tokio::test]
+async fn polls_due_close_together_go_out_together_and_never_early_by_more_than_the_head_start() {
+    const N: usize = 40;
+    let sim = Sim::start(Sim::fast()).await;
+    let (_dir, db) = temp_db();
+    let fixed = [
+        ("poller.initial_interval", "2s"),
+        ("poller.max_interval", "2s"),
+        ("poller.jitter", "0"),
+    ];
+    let app = App::start(settings(&db, &sim.url, &fixed)).await;
+    // Posted one at a time over an interval: each is due at its own moment, 50 ms
+    // after the one before.
+    for i in 0..N {
+        let (status, _) = app
+            .post_jobs(json!({"kind": "copy", "ids": [format!("running-batch-{i}")]}))
+            .await;
+        assert_eq!(status, 202);
+        tokio::time::sleep(Duration::from_millis(2000 / N as u64)).await;
+    }
+    let path = |i: usize| format!("/products/running-batch-{i}/search/copy/status");
+    eventually(20, "three polls of every watch", || async {
+        let log = sim.sim.request_log();
+        let least = (0..N)
+            .map(|i| log.iter().filter(|r| r.path == path(i)).count())
+            .min()
+            .unwrap_or(0);
+        (least >= 3).then_some(()).ok_or(least.to_string())
+    })
+    .await;
+    app.stop().await;
+    let log = sim.sim.request_log();
+    let mut times: Vec<f64> = Vec::new();
+    for i in 0..N {
+        let polls: Vec<f64> = log
+            .iter()
+            .filter(|r| r.path == path(i))
+            .map(|r| r.t_ms)
+            .collect();
+        for gap in polls.windows(2).map(|w| w[1] - w[0]) {
+            // 2 s less the 100 ms head start, and a few ms for the requests.
+            assert!(
+                gap >= 1895.0,
+                "watch {i}: polls {gap:.0} ms apart (interval 2 s)"
+            );
+        }
+        times.extend(polls);
+    }
+    // Polls more than 40 ms apart went out in different steps. Steps 100 ms apart
+    // would send these watches, due every 50 ms, in ten a second.
+    times.sort_by(f64::total_cmp);
+    let steps = 1 + times.windows(2).filter(|w| w[1] - w[0] > 40.0).count();
+    let seconds = (times[times.len() - 1] - times[0]) / 1000.0;
+    eprintln!("{} polls in {steps} steps over {seconds:.1} s", times.len());
+    assert!(
+        (steps as f64) < 6.5 * seconds.max(1.0),
+        "{} polls went out in {steps} steps over {seconds:.1} s: not together",
+        times.len()
+    );
+}
+
 #[tokio::test]
 async fn a_watch_polls_on_its_own_growing_cadence() {
     let sim = Sim::start(Sim::fast()).await;
