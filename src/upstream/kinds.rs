@@ -98,11 +98,11 @@ pub enum Pointers {
 }
 
 impl Pointers {
-    fn list(&self) -> Vec<String> {
+    fn list(&self) -> &[String] {
         match self {
-            Pointers::None => vec![],
-            Pointers::One(p) => vec![p.clone()],
-            Pointers::Many(v) => v.clone(),
+            Pointers::None => &[],
+            Pointers::One(p) => std::slice::from_ref(p),
+            Pointers::Many(v) => v,
         }
     }
 }
@@ -126,33 +126,41 @@ pub struct KindDef {
     pub kind: Kind,
     path_head: String,
     path_tail: String,
-    require: Vec<Pointer>,
+    require: Vec<Field>,
     state: Rule,
     then: Option<Rule>,
-    created: Vec<Pointer>,
-    started: Vec<Pointer>,
-    ended: Vec<Pointer>,
+    created: Vec<Field>,
+    started: Vec<Field>,
+    ended: Vec<Field>,
+    errors: Vec<Field>,
     statuses: Statuses,
     /// The values at the pointers above: all that is read of an answer.
     wanted: Wanted,
-    slots: Slots,
 }
 
-/// Where [`Wanted::read`] puts the value at each of a kind's pointers.
+/// A pointer, and the slot [`Wanted::read`] puts the value it finds in.
 #[derive(Debug, Clone)]
-struct Slots {
-    require: Vec<usize>,
-    state: usize,
-    then: Option<usize>,
-    created: Vec<usize>,
-    started: Vec<usize>,
-    ended: Vec<usize>,
-    errors: Vec<usize>,
+struct Field {
+    pointer: Pointer,
+    slot: usize,
+}
+
+impl Field {
+    /// `list` as pointers read as `how`; the error names the setting.
+    fn all(wanted: &mut Wanted, list: &[String], how: Use) -> Result<Vec<Field>, String> {
+        list.iter().map(|p| Field::new(wanted, p, how)).collect()
+    }
+
+    fn new(wanted: &mut Wanted, text: &str, how: Use) -> Result<Field, String> {
+        let pointer = Pointer::parse(text)?;
+        let slot = wanted.add(&pointer, how);
+        Ok(Field { pointer, slot })
+    }
 }
 
 #[derive(Debug, Clone)]
 struct Rule {
-    pointer: Pointer,
+    field: Field,
     table: HashMap<String, Said>,
     present: Said,
     absent: Said,
@@ -187,15 +195,14 @@ impl KindDef {
                 spec.path
             ));
         }
-        let pointers = |what: &str, list: Vec<String>| -> Result<Vec<Pointer>, String> {
-            list.iter()
-                .map(|p| Pointer::parse(p).map_err(|e| format!("kind {name:?}: {what}: {e}")))
-                .collect()
-        };
-        let state =
-            Rule::new(&spec.state, true).map_err(|e| format!("kind {name:?}: state: {e}"))?;
+        let mut wanted = Wanted::default();
+        let state = Rule::new(&spec.state, true, &mut wanted, Use::Take)
+            .map_err(|e| format!("kind {name:?}: state: {e}"))?;
         let then = match &spec.then {
-            Some(t) => Some(Rule::new(t, false).map_err(|e| format!("kind {name:?}: then: {e}"))?),
+            Some(t) => Some(
+                Rule::new(t, false, &mut wanted, Use::Look)
+                    .map_err(|e| format!("kind {name:?}: then: {e}"))?,
+            ),
             None => None,
         };
         let says_then = state.table.values().any(|s| *s == Said::Then)
@@ -206,26 +213,14 @@ impl KindDef {
             ));
         }
         let s = &spec.statuses;
-        let require = pointers("require", spec.require.clone())?;
-        let created = pointers("created", spec.created.list())?;
-        let started = pointers("started", spec.started.list())?;
-        let ended = pointers("ended", spec.ended.list())?;
-        let errors = pointers("errors", spec.errors.list())?;
-        let mut wanted = Wanted::default();
-        let mut slots = |list: &[Pointer], how: Use| -> Vec<usize> {
-            list.iter().map(|p| wanted.add(p, how)).collect()
+        let mut fields = |what: &str, list: &[String], how: Use| {
+            Field::all(&mut wanted, list, how).map_err(|e| format!("kind {name:?}: {what}: {e}"))
         };
-        let slots = Slots {
-            require: slots(&require, Use::Presence),
-            state: slots(std::slice::from_ref(&state.pointer), Use::Take)[0],
-            then: then
-                .as_ref()
-                .map(|t| slots(std::slice::from_ref(&t.pointer), Use::Look)[0]),
-            created: slots(&created, Use::Take),
-            started: slots(&started, Use::Take),
-            ended: slots(&ended, Use::Take),
-            errors: slots(&errors, Use::Take),
-        };
+        let require = fields("require", &spec.require, Use::Presence)?;
+        let created = fields("created", spec.created.list(), Use::Take)?;
+        let started = fields("started", spec.started.list(), Use::Take)?;
+        let ended = fields("ended", spec.ended.list(), Use::Take)?;
+        let errors = fields("errors", spec.errors.list(), Use::Take)?;
         Ok(KindDef {
             kind: Kind::intern(name),
             path_head: head.to_string(),
@@ -236,8 +231,8 @@ impl KindDef {
             created,
             started,
             ended,
+            errors,
             wanted,
-            slots,
             statuses: Statuses {
                 not_found: s.not_found.clone().unwrap_or_else(|| vec![404]),
                 rejected: s.rejected.clone().unwrap_or_else(|| vec![400, 422]),
@@ -309,41 +304,38 @@ impl KindDef {
                 type_name(doc.root)
             ));
         }
-        let slots = &self.slots;
-        for (p, slot) in self.require.iter().zip(&slots.require) {
-            if doc.get(*slot).is_none_or(Value::is_null) {
+        for f in &self.require {
+            if doc.get(f.slot).is_none_or(Value::is_null) {
                 return Err(format!(
-                    "body is not a job status document of kind {}: nothing at {p:?}",
-                    self.kind
+                    "body is not a job status document of kind {}: nothing at {:?}",
+                    self.kind, f.pointer
                 ));
             }
         }
         let mut said = self
             .state
-            .judge(doc.get(slots.state))
-            .map_err(|e| format!("the state at {:?} {e}", self.state.pointer))?;
+            .judge(&doc)
+            .map_err(|e| format!("the state at {:?} {e}", self.state.field.pointer))?;
         if said == Said::Then {
             // `new` made sure there is a second rule when the first can say `then`.
-            said = match (&self.then, slots.then) {
-                (Some(rule), Some(slot)) => rule
-                    .judge(doc.get(slot))
-                    .map_err(|e| format!("the field at {:?} {e}", rule.pointer))?,
-                _ => Said::Unknown,
+            said = match &self.then {
+                Some(rule) => rule
+                    .judge(&doc)
+                    .map_err(|e| format!("the field at {:?} {e}", rule.field.pointer))?,
+                None => Said::Unknown,
             };
         }
-        let state = doc.take(slots.state).and_then(text);
+        let state = doc.take(self.state.field.slot).and_then(text);
         let mut notes = Vec::new();
-        let mut time = |pointers: &[Pointer], slots: &[usize], what: &str| {
-            time_at(&mut doc, pointers, slots, what, &mut notes)
-        };
-        let created = time(&self.created, &slots.created, "created");
-        let started = time(&self.started, &slots.started, "started");
-        let ended = time(&self.ended, &slots.ended, "ended");
-        let errors = slots
+        let mut time = |fields: &[Field], what: &str| time_at(&mut doc, fields, what, &mut notes);
+        let created = time(&self.created, "created");
+        let started = time(&self.started, "started");
+        let ended = time(&self.ended, "ended");
+        let errors = self
             .errors
             .iter()
-            .find(|slot| doc.get(**slot).is_some_and(|v| !v.is_null()))
-            .and_then(|slot| doc.take(*slot));
+            .find(|f| doc.get(f.slot).is_some_and(|v| !v.is_null()))
+            .and_then(|f| doc.take(f.slot));
         Ok(JobStatus {
             state,
             verdict: match said {
@@ -362,8 +354,9 @@ impl KindDef {
 }
 
 impl Rule {
-    fn new(spec: &RuleSpec, first: bool) -> Result<Rule, String> {
-        let pointer = Pointer::parse(&spec.pointer)?;
+    /// The rule of `spec`, its pointer read as `how`; `first`: the state's rule.
+    fn new(spec: &RuleSpec, first: bool, wanted: &mut Wanted, how: Use) -> Result<Rule, String> {
+        let field = Field::new(wanted, &spec.pointer, how)?;
         let mut table = HashMap::new();
         let lists = [
             (&spec.running, Said::Running, "running"),
@@ -392,7 +385,7 @@ impl Rule {
             return Err("only the first rule may say `then`".into());
         }
         Ok(Rule {
-            pointer,
+            field,
             table,
             present,
             absent,
@@ -401,8 +394,8 @@ impl Rule {
 
     /// What the value found at the rule's pointer says; an error (the rest of a
     /// sentence) when it is a list or an object the rule cannot judge.
-    fn judge(&self, value: Option<&Value>) -> Result<Said, String> {
-        let Some(v) = value.filter(|v| !is_empty(v)) else {
+    fn judge(&self, doc: &Found) -> Result<Said, String> {
+        let Some(v) = doc.get(self.field.slot).filter(|v| !is_empty(v)) else {
             return Ok(self.absent);
         };
         // The text the table compares, copied only for a number.
@@ -466,12 +459,11 @@ fn type_name(t: Type) -> &'static str {
 /// seconds turned into RFC 3339. A value of another type is left out and noted.
 fn time_at(
     doc: &mut Found,
-    pointers: &[Pointer],
-    slots: &[usize],
+    fields: &[Field],
     what: &str,
     notes: &mut Vec<String>,
 ) -> Option<String> {
-    for (p, slot) in pointers.iter().zip(slots) {
+    for Field { pointer: p, slot } in fields {
         match doc.get(*slot) {
             None | Some(Value::Null) => continue,
             Some(Value::String(_)) => return doc.take(*slot).and_then(text),

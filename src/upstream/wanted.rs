@@ -204,6 +204,15 @@ impl<'de> DeserializeSeed<'de> for At<'_> {
 }
 
 impl At<'_> {
+    /// The value at `node`, a node below this one.
+    fn below<'b>(&'b mut self, node: &'b Node) -> At<'b> {
+        At {
+            node,
+            wanted: self.wanted,
+            values: &mut *self.values,
+        }
+    }
+
     /// A value that is not read whole: null, or a stand-in that is not.
     fn seen(self, kind: Type) -> Type {
         if let Some(slot) = self.node.slot {
@@ -247,57 +256,29 @@ impl<'de> Visitor<'de> for At<'_> {
         Ok(self.seen(Type::Null))
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Type, A::Error> {
-        let (node, wanted) = (self.node, self.wanted);
-        let values = &mut *self.values;
+    fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<Type, A::Error> {
+        let node = self.node;
         while let Some(child) = map.next_key_seed(Key(node))? {
             match child {
-                Some(node) => {
-                    map.next_value_seed(At {
-                        node,
-                        wanted,
-                        values: &mut *values,
-                    })?;
-                }
-                None => {
-                    map.next_value::<IgnoredAny>()?;
-                }
+                Some(child) => map.next_value_seed(self.below(child)).map(drop)?,
+                None => map.next_value::<IgnoredAny>().map(drop)?,
             }
         }
-        Ok(At {
-            node,
-            wanted,
-            values,
-        }
-        .seen(Type::Object))
+        Ok(self.seen(Type::Object))
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Type, A::Error> {
-        let (node, wanted) = (self.node, self.wanted);
-        let values = &mut *self.values;
-        let mut i = 0;
-        loop {
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<Type, A::Error> {
+        let node = self.node;
+        for i in 0.. {
             let more = match node.at_index(i) {
-                Some(node) => seq
-                    .next_element_seed(At {
-                        node,
-                        wanted,
-                        values: &mut *values,
-                    })?
-                    .is_some(),
+                Some(child) => seq.next_element_seed(self.below(child))?.is_some(),
                 None => seq.next_element::<IgnoredAny>()?.is_some(),
             };
             if !more {
                 break;
             }
-            i += 1;
         }
-        Ok(At {
-            node,
-            wanted,
-            values,
-        }
-        .seen(Type::Array))
+        Ok(self.seen(Type::Array))
     }
 }
 
