@@ -446,13 +446,13 @@ pub async fn paced(
     if !(rate.is_finite() && rate > 0.0) {
         bail!("--rate must be a positive number of requests per second");
     }
+    if batch_every.is_zero() {
+        bail!("--batch-every must be longer than zero");
+    }
     let requester = Arc::new(Requester::new(sim, concurrency, Requests::Minimal)?);
     let slots = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     let answered = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    if batch_every.is_zero() {
-        bail!("--batch-every must be longer than zero");
-    }
     let mut steps = tokio::time::interval(batch_every);
     let (mut due, mut sent) = (0.0, 0usize);
     while started.elapsed() < run {
