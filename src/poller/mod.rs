@@ -244,10 +244,10 @@ impl Poller {
             return Ok(report);
         }
         let lease_until = now + self.lease.as_millis() as Millis;
-        let horizon = now + self.head_start;
+        let due_by = now + self.head_start;
         let claimed = self
             .store
-            .claim_due_watches_in(Some(&self.lane), horizon, free as u32, lease_until)
+            .claim_due_watches_in(Some(&self.lane), due_by, free as u32, lease_until)
             .await?;
         report.filled = claimed.len() >= free;
         {

@@ -72,16 +72,16 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<WatchRecord>>;
     async fn cancel_watch(&self, kind: Kind, job_id: &str, now: Millis) -> Result<Cancelled>;
 
-    /// Lease up to `limit` running watches due at or before `now` until
-    /// `lease_until`, earliest due first (the poller passes a time a little
-    /// ahead: see `poller::MAX_STEP_GAP`).
+    /// Lease up to `limit` running watches due at or before `due_by` until
+    /// `lease_until`, earliest due first (the poller asks a little ahead of now:
+    /// see `poller::MAX_STEP_GAP`).
     async fn claim_due_watches(
         &self,
-        now: Millis,
+        due_by: Millis,
         limit: u32,
         lease_until: Millis,
     ) -> Result<Vec<WatchRecord>> {
-        self.claim_due_watches_in(None, now, limit, lease_until)
+        self.claim_due_watches_in(None, due_by, limit, lease_until)
             .await
     }
     /// As [`Store::claim_due_watches`], only of the kinds of `lane` (one
@@ -89,7 +89,7 @@ pub trait Store: Send + Sync + 'static {
     async fn claim_due_watches_in(
         &self,
         lane: Lane<'_>,
-        now: Millis,
+        due_by: Millis,
         limit: u32,
         lease_until: Millis,
     ) -> Result<Vec<WatchRecord>>;
@@ -207,7 +207,7 @@ macro_rules! store_impl {
             async fn get_watch(&self, kind: Kind, job_id: &str) -> Result<Option<WatchRecord>> { <$store>::get_watch(self, kind, job_id).await }
             async fn list_watches(&self, filter: &ListFilter, limit: u32, after: Option<Cursor>) -> Result<Vec<WatchRecord>> { <$store>::list_watches(self, filter, limit, after).await }
             async fn cancel_watch(&self, kind: Kind, job_id: &str, now: Millis) -> Result<Cancelled> { <$store>::cancel_watch(self, kind, job_id, now).await }
-            async fn claim_due_watches_in(&self, lane: Lane<'_>, now: Millis, limit: u32, lease_until: Millis) -> Result<Vec<WatchRecord>> { <$store>::claim_due_watches_in(self, lane, now, limit, lease_until).await }
+            async fn claim_due_watches_in(&self, lane: Lane<'_>, due_by: Millis, limit: u32, lease_until: Millis) -> Result<Vec<WatchRecord>> { <$store>::claim_due_watches_in(self, lane, due_by, limit, lease_until).await }
             async fn expired_watches(&self, now: Millis, limit: u32) -> Result<Vec<WatchRecord>> { <$store>::expired_watches(self, now, limit).await }
             async fn next_wakeup_in(&self, lane: Lane<'_>) -> Result<Option<Millis>> { <$store>::next_wakeup_in(self, lane).await }
             async fn recover(&self, now: Millis, spread: Millis) -> Result<u64> { <$store>::recover(self, now, spread).await }

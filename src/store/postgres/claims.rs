@@ -7,7 +7,7 @@ impl PgStore {
     pub(super) async fn claim_due_watches_in(
         &self,
         lane: Lane<'_>,
-        now: Millis,
+        due_by: Millis,
         limit: u32,
         lease_until: Millis,
     ) -> Result<Vec<WatchRecord>> {
@@ -20,7 +20,7 @@ impl PgStore {
                                ORDER BY next_poll_at LIMIT $3 FOR UPDATE SKIP LOCKED)
                  RETURNING {WATCH_COLS}"
             ))
-            .bind(now)
+            .bind(due_by)
             .bind(lease_until)
             .bind(limit as i64)
             .bind(lane_names(lane))

@@ -42,7 +42,7 @@ impl SqliteStore {
     pub(super) async fn claim_due_watches_in(
         &self,
         lane: Lane<'_>,
-        now: Millis,
+        due_by: Millis,
         limit: u32,
         lease_until: Millis,
     ) -> Result<Vec<WatchRecord>> {
@@ -51,7 +51,7 @@ impl SqliteStore {
         // a record at a time, was 5% of the daemon's CPU at 400 polls/s.
         let (wids, mut found) = {
             let mut schedule = self.schedule();
-            let wids = schedule.claim(lane, now, limit as usize, lease_until);
+            let wids = schedule.claim(lane, due_by, limit as usize, lease_until);
             let kept: Vec<Option<WatchRecord>> =
                 wids.iter().map(|wid| schedule.take_kept(*wid)).collect();
             (wids, kept)
@@ -80,10 +80,10 @@ impl SqliteStore {
                     }
                 }
                 Err(e) => {
-                    // Not polled: due again at once rather than when the lease runs out.
+                    // Not polled: due again by the time asked for, not when the lease runs out.
                     let mut schedule = self.schedule();
                     for wid in wids {
-                        schedule.unclaim(wid, now);
+                        schedule.unclaim(wid, due_by);
                     }
                     return Err(e);
                 }
