@@ -33,19 +33,16 @@ for p in $((port + 1)) $((port + 2)); do
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$p/readyz" >/dev/null && break; sleep 0.1; done
 done
 
-# The ids in ten chunks over one cadence, as `bench --operating-point` posts them.
-python3 - "$port" "$n" <<'PY'
-import json, sys, time, urllib.request
-port, n = int(sys.argv[1]), int(sys.argv[2])
-for c in range(10):
-    for daemon, prefix in ((port + 1, "a"), (port + 2, "b")):
-        ids = [f"running-{prefix}-{i:07}" for i in range(c * n // 10, (c + 1) * n // 10)]
-        body = json.dumps({"kind": "copy", "ids": ids}).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{daemon}/v1/jobs", data=body,
-                                     headers={"content-type": "application/json"})
-        assert urllib.request.urlopen(req).status == 202
-    time.sleep(0.5)
-PY
+# The ids in ten chunks over one cadence, as `bench --operating-point` posts them,
+# with the daemon's own client (`jobwatch watch`).
+for chunk in $(seq 0 9); do
+  for side in "a $a $((port + 1))" "b $b $((port + 2))"; do
+    read -r prefix binary daemon <<<"$side"
+    seq -f "running-$prefix-%07g" $((chunk * n / 10)) $(((chunk + 1) * n / 10 - 1)) |
+      "$binary" watch --server "http://127.0.0.1:$daemon" --kind copy - >/dev/null
+  done
+  sleep 0.5
+done
 sleep 15
 
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
